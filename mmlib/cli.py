@@ -1,0 +1,118 @@
+"""`mmlib` command line: the same stage functions the notebooks call."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from mmlib.errors import MmlibError
+
+
+def _study(path):
+    from mmlib.study import load_study
+
+    return load_study(path)
+
+
+def cmd_list(args) -> None:
+    from mmlib import extract, models  # noqa: F401  (fill the registries)
+    from mmlib.registry import EXTRACTORS, MODELS
+
+    print("\n".join((MODELS if args.what == "models" else EXTRACTORS).names()))
+
+
+def cmd_prepare(args) -> None:
+    from mmlib import pipeline
+
+    dataset = pipeline.prepare(_study(args.study))
+    print(f"{pipeline.dataset_dir(_study(args.study))}: {dataset.statistics()}")
+
+
+def cmd_extract(args) -> None:
+    from mmlib import pipeline
+
+    study = _study(args.study)
+    for setting in args.setting or list(study.extractors):
+        features = pipeline.extract(study, setting)
+        print(f"{setting}: " + ", ".join(f"{m} {tuple(x.shape)}" for m, x in features.matrices.items()))
+
+
+def cmd_train(args) -> None:
+    from mmlib import pipeline
+
+    study = _study(args.study)
+    for model in args.model or list(study.models):
+        for setting in ([args.setting] if args.setting else study.settings_for(model)):
+            summary = pipeline.train(study, model, setting, force=args.force)
+            print(f"{model} / {summary['setting']}: " +
+                  ", ".join(f"{k} {v:.4f}" for k, v in summary["test"].items() if k.endswith("@20")))
+
+
+def cmd_report(args) -> None:
+    from mmlib import pipeline, report
+
+    table = pipeline.collect(_study(args.study))
+    print(report.to_markdown(table))
+
+
+def cmd_batch(args) -> None:
+    from mmlib.batch import run_batch
+
+    jobs = run_batch(args.study, kernel=args.kernel, only=args.only)
+    print(f"executed {len(jobs)} notebooks; results in outputs/tables/results.md")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mmlib", description="Benchmark multimodal feature extractors for recommendation. "
+        "Stages: prepare -> extract -> train -> report; `batch` runs them all through the notebooks.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
+
+    p = sub.add_parser("list", help="registered models or extractors, one a line")
+    p.add_argument("what", choices=["models", "extractors"])
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("prepare", help="build the Dataset artifact of a study")
+    p.add_argument("study")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("extract", help="extract features for one or all settings of a study")
+    p.add_argument("study")
+    p.add_argument("--setting", action="append", help="setting key (repeatable; default: all)")
+    p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("train", help="grid-search models, select on validation, test once")
+    p.add_argument("study")
+    p.add_argument("--model", action="append", help="model name (repeatable; default: all)")
+    p.add_argument("--setting", help="feature setting (default: all the model can use)")
+    p.add_argument("--force", action="store_true", help="retrain even if the run is up to date")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("report", help="results table and figures from the runs")
+    p.add_argument("study")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("batch", help="execute the notebooks of a study with papermill")
+    p.add_argument("study")
+    p.add_argument("--kernel", default="python3")
+    p.add_argument("--only", help="run only the jobs whose name contains this text")
+    p.set_defaults(func=cmd_batch)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        args.func(args)
+    except MmlibError as exc:
+        print(f"mmlib: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

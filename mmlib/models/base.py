@@ -1,0 +1,104 @@
+"""The Recommender contract: a model is hyper-parameters, a loss on a batch and a score matrix.
+
+Everything else (sampling, optimiser, epochs, validation, selection, seeds, device) lives once, in
+`mmlib.train`. Models know tensors and graphs only: they never import the trainer or the data layer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import nn
+
+from mmlib.errors import MmlibError
+
+
+@dataclass
+class TrainData:
+    """What a model may see at construction: sizes, the training matrix and item features."""
+
+    n_users: int
+    n_items: int
+    train: sp.csr_matrix  # users x items, 1 where the user interacted in the training split
+    features: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)  # modality -> (n_items, d)
+    masks: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)  # modality -> (n_items,) bool
+    device: torch.device = torch.device("cpu")
+
+    def item_popularity(self) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(self.train.sum(axis=0)).ravel(), dtype=torch.float32)
+
+
+@dataclass
+class Batch:
+    """One training batch: users with a positive and a uniformly sampled negative item each."""
+
+    users: torch.Tensor
+    pos: torch.Tensor
+    neg: torch.Tensor
+
+
+@dataclass
+class NoParams:
+    """For models without hyper-parameters."""
+
+
+class Recommender(nn.Module):
+    """Base class. Subclasses set `Params` (a dataclass whose defaults are the paper's), the
+    modalities they need, and implement `loss` and `score`."""
+
+    Params: ClassVar[type] = NoParams
+    # "none": uses no features; "any": at least one modality, uses all given (or `params.modalities`).
+    modalities_needed: ClassVar[Literal["none", "any"]] = "none"
+    # "bpr": (user, positive, negative) batches; "none": nothing to train (e.g. MostPop).
+    sampling: ClassVar[Literal["bpr", "none"]] = "bpr"
+
+    def __init__(self, params, data: TrainData):
+        super().__init__()
+        self.params = params
+        self.n_users = data.n_users
+        self.n_items = data.n_items
+
+    # -- the contract ----------------------------------------------------------------------------
+    def loss(self, batch: Batch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def score(self, users: torch.Tensor) -> torch.Tensor:
+        """(len(users), n_items) preference scores; higher is better."""
+        raise NotImplementedError
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Optional per-epoch hook (e.g. a graph rebuilt from the current embeddings)."""
+
+    # -- helpers for subclasses --------------------------------------------------------------------
+    @classmethod
+    def select_features(cls, data: TrainData, wanted: list[str] | None) -> dict[str, torch.Tensor]:
+        """The feature matrices this model uses; a clear error when a needed modality is absent."""
+        name = getattr(cls, "registered_name", cls.__name__)
+        if cls.modalities_needed == "none":
+            return {}
+        available = sorted(data.features)
+        chosen = available if wanted is None else list(wanted)
+        missing = [m for m in chosen if m not in data.features]
+        if not chosen or missing:
+            raise MmlibError(
+                f"Model {name} needs item features for modalities {missing or ['at least one']}, "
+                f"but the features given have {available or 'none'}. Run extraction for them "
+                f"(params: extractors) or choose a model that uses no features."
+            )
+        return {m: data.features[m] for m in chosen}
+
+
+def bpr_loss(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> torch.Tensor:
+    """-log sigmoid(x_ui - x_uj), averaged over the batch (softplus form: stable for large gaps)."""
+    return nn.functional.softplus(neg_scores - pos_scores).mean()
+
+
+def l2_penalty(*tensors: torch.Tensor) -> torch.Tensor:
+    """0.5 * sum of squared entries, divided by the batch size (the first dimension)."""
+    batch = tensors[0].shape[0]
+    return 0.5 * sum(t.pow(2).sum() for t in tensors) / batch

@@ -1,0 +1,137 @@
+"""The stages of a study as plain functions. The notebooks and the command line call these same
+functions; each reads the previous stage's artifact from disk and writes its own.
+
+    prepare(study) -> Dataset      extract(study, setting) -> Features
+    train(study, model, setting) -> run summary      collect(study) -> results table + figures
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mmlib.data import Dataset
+from mmlib.data.prepare import prepare_dataset
+from mmlib.errors import MmlibError
+from mmlib.extract import Features, extract_features
+from mmlib.models.base import TrainData
+from mmlib.registry import MODELS
+from mmlib.study import StudySpec
+from mmlib.train import resolve_device, train_and_select
+
+log = logging.getLogger(__name__)
+
+NO_FEATURES = "no-features"  # the setting folder of models that use no item features
+
+
+def dataset_dir(study: StudySpec) -> Path:
+    return study.output_root / "datasets" / study.dataset.name
+
+
+def features_dir(study: StudySpec, setting: str) -> Path:
+    return study.output_root / "features" / study.dataset.name / setting
+
+
+def run_dir(study: StudySpec, model: str, setting: str | None) -> Path:
+    return study.output_root / "runs" / study.dataset.name / (setting or NO_FEATURES) / model
+
+
+def load_dataset(study: StudySpec) -> Dataset:
+    return Dataset.load(dataset_dir(study))
+
+
+def prepare(study: StudySpec) -> Dataset:
+    return prepare_dataset(study.dataset, dataset_dir(study))
+
+
+def extract(study: StudySpec, setting: str) -> Features:
+    if setting not in study.extractors:
+        raise MmlibError(f"{study.where}: no extractor setting {setting!r} "
+                         f"(has {', '.join(study.extractors) or 'none'}).")
+    dataset = load_dataset(study)
+    return extract_features(dataset, setting, study.extractors[setting],
+                            study.output_root / "features" / study.dataset.name)
+
+
+def train_data(dataset: Dataset, features: Features | None, device: torch.device) -> TrainData:
+    data = TrainData(n_users=dataset.n_users, n_items=dataset.n_items,
+                     train=dataset.matrix("train"), device=device)
+    if features is not None:
+        for modality, matrix in features.matrices.items():
+            data.features[modality] = torch.as_tensor(np.array(matrix, dtype=np.float32), device=device)
+            data.masks[modality] = torch.as_tensor(np.asarray(features.masks[modality]), device=device)
+    return data
+
+
+def _run_key(study: StudySpec, model: str, grid: list[dict], dataset: Dataset,
+             features: Features | None) -> str:
+    blob = json.dumps({
+        "dataset": dataset.manifest.get("hash"),
+        "features": None if features is None else features.manifest.get("cache_key",
+                                                                          features.manifest.get("dataset_hash")),
+        "feature_specs": None if features is None else features.manifest.get("extractors"),
+        "model": model, "grid": grid, "train": dataclasses.asdict(study.train_spec()),
+    }, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def train(study: StudySpec, model: str, setting: str | None = None, force: bool = False) -> dict:
+    """Grid-search one model on one feature setting; write the Run artifact and return its summary.
+    A run whose inputs (dataset, features, grid, protocol) are unchanged is reused, not retrained."""
+    cls = MODELS.get(model)
+    if cls.modalities_needed == "none":
+        setting = None
+    elif setting is None:
+        raise MmlibError(f"Model {model} needs features: pass one of the settings "
+                         f"{', '.join(study.extractors)}.")
+    dataset = load_dataset(study)
+    features = Features.load(features_dir(study, setting)) if setting else None
+    grid = study.grid(model)
+    out = run_dir(study, model, setting)
+    key = _run_key(study, model, grid, dataset, features)
+    summary_path = out / "run.json"
+    if not force and summary_path.is_file():
+        summary = json.loads(summary_path.read_text())
+        if summary.get("key") == key:
+            log.info("reusing run %s (inputs unchanged, key %s)", out, key)
+            return summary
+
+    spec = study.train_spec()
+    data = train_data(dataset, features, resolve_device(spec.device))
+    result = train_and_select(model, grid, spec, data, dataset.matrix("val"),
+                              dataset.matrix("test", values="rating"), where=study.where)
+    out.mkdir(parents=True, exist_ok=True)
+    trials = pd.DataFrame([{**t.config, "best_epoch": t.best_epoch, "val_score": t.best_score,
+                            "seconds": round(t.seconds, 3), "status": t.status} for t in result.trials])
+    trials.to_csv(out / "trials.csv", index=False)
+    curves = pd.DataFrame([{"trial": i, **row} for i, t in enumerate(result.trials) for row in t.curve])
+    curves.to_csv(out / "curves.csv", index=False)
+    result.test.to_frame().to_parquet(out / "test_per_user.parquet", index=False)
+    summary = {
+        "key": key, "study": study.name, "dataset": study.dataset.name, "dataset_hash": dataset.manifest.get("hash"),
+        "setting": setting or NO_FEATURES, "model": model, "protocol": study.protocol,
+        "train_spec": dataclasses.asdict(spec), "grid_size": len(grid),
+        "selected": {"trial": result.selected, "config": result.best.config,
+                     "best_epoch": result.best.best_epoch,
+                     spec.validation_metric: result.best.best_score},
+        "test": result.test.mean(), "test_users": int(len(result.test.users)),
+        "seconds": round(result.seconds, 2),
+    }
+    summary_path.write_text(json.dumps(summary, indent=2, default=float))
+    log.info("%s on %s: test %s", model, setting or NO_FEATURES,
+             {k: round(v, 4) for k, v in summary["test"].items() if k.endswith("@20")})
+    return summary
+
+
+def collect(study: StudySpec) -> pd.DataFrame:
+    """Gather every run of the study into the results table and draw the figures."""
+    from mmlib import report  # plotting stays out of the training path
+
+    return report.write_all(study)

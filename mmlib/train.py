@@ -1,0 +1,261 @@
+"""The one training loop: uniform negative sampling, Adam, periodic validation, selection of epoch
+and configuration on validation only, test read once at the very end.
+
+Two named protocols fix what differs between the paper (Elliot) and most multimodal papers (MMRec).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import itertools
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from tqdm.auto import tqdm
+
+from mmlib.config import from_mapping
+from mmlib.errors import MmlibError
+from mmlib.evaluate import Evaluation, full_ranking, parse_metric
+from mmlib.models.base import Batch, Recommender, TrainData
+from mmlib.registry import MODELS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainSpec:
+    """How a configuration is trained and selected (any field may also appear in a model's grid)."""
+
+    epochs: int = 200
+    batch_size: int = 1024
+    lr: float = 1e-3
+    eval_every: int = 10  # validate every n epochs (and after the last)
+    patience: int | None = None  # stop after this many validations without gain; None: never
+    validation_metric: str = "Recall@20"
+    cutoffs: list[int] = field(default_factory=lambda: [10, 20])
+    graded_ndcg: bool = False  # Elliot computes nDCG with gains 2^(rating+1)-1
+    seed: int = 123
+    device: str = "cpu"  # "cpu", "cuda", or "auto"
+    eval_chunk: int = 2048  # users scored at once
+
+    def __post_init__(self):
+        parse_metric(self.validation_metric)
+        if self.epochs < 1 or self.batch_size < 1 or self.eval_every < 1:
+            raise MmlibError("epochs, batch_size and eval_every must be positive integers.")
+
+
+PROTOCOLS: dict[str, dict[str, Any]] = {
+    # The paper: 200 epochs, validate every 10, no early stopping, batch 1024, graded nDCG.
+    "elliot": dict(epochs=200, batch_size=1024, eval_every=10, patience=None, graded_ndcg=True, seed=123),
+    # MMRec: up to 1000 epochs, validate every epoch, patience 20, batch 2048, binary nDCG.
+    "mmrec": dict(epochs=1000, batch_size=2048, eval_every=1, patience=20, graded_ndcg=False, seed=999),
+}
+
+
+def protocol_spec(protocol: str, where: str = "protocol", **overrides) -> TrainSpec:
+    if protocol not in PROTOCOLS:
+        raise MmlibError(f"{where}: unknown protocol {protocol!r}; choose one of {sorted(PROTOCOLS)}.")
+    return from_mapping(TrainSpec, {**PROTOCOLS[protocol], **overrides}, where)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise MmlibError(f"device {name!r} requested but CUDA is not available; use 'cpu' or 'auto'.")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+class UniformSampler:
+    """Each epoch: every training interaction once, in random order, with one negative drawn
+    uniformly from the items the user has not interacted with (rejection, vectorised)."""
+
+    def __init__(self, train: sp.csr_matrix, generator: torch.Generator):
+        coo = train.tocoo()
+        self.n_items = train.shape[1]
+        self.users = torch.as_tensor(coo.row, dtype=torch.long)
+        self.items = torch.as_tensor(coo.col, dtype=torch.long)
+        self.known = torch.sort(self.users * self.n_items + self.items).values
+        self.generator = generator
+
+    def _is_known(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        keys = users * self.n_items + items
+        pos = torch.searchsorted(self.known, keys).clamp(max=len(self.known) - 1)
+        return self.known[pos] == keys
+
+    def negatives(self, users: torch.Tensor) -> torch.Tensor:
+        neg = torch.randint(self.n_items, users.shape, generator=self.generator)
+        for _ in range(100):  # a user who has seen every item would never finish: cap the retries
+            redo = self._is_known(users, neg)
+            if not redo.any():
+                break
+            neg[redo] = torch.randint(self.n_items, (int(redo.sum()),), generator=self.generator)
+        return neg
+
+    def epoch(self, batch_size: int):
+        order = torch.randperm(len(self.users), generator=self.generator)
+        users, items = self.users[order], self.items[order]
+        negs = self.negatives(users)
+        for start in range(0, len(order), batch_size):
+            sl = slice(start, start + batch_size)
+            yield Batch(users[sl], items[sl], negs[sl])
+
+
+@dataclass
+class FitResult:
+    """One configuration trained: its validation curve and best epoch (by validation only)."""
+
+    config: dict
+    best_epoch: int = 0
+    best_score: float = -math.inf
+    curve: list[dict] = field(default_factory=list)  # per validation: epoch, loss, metrics
+    seconds: float = 0.0
+    status: str = "ok"  # "ok" or "diverged: <reason>"
+    state: dict | None = field(default=None, repr=False)
+
+
+def split_config(model_cls: type[Recommender], config: dict, base: TrainSpec, where: str):
+    """Route a grid point's keys to the trainer or the model; unknown keys are an error."""
+    train_keys = {f.name for f in dataclasses.fields(TrainSpec)}
+    model_keys = {f.name for f in dataclasses.fields(model_cls.Params)}
+    for key in config:
+        if key not in train_keys | model_keys:
+            close = difflib.get_close_matches(str(key), sorted(train_keys | model_keys), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise MmlibError(f"{where}: unknown key {key!r}.{hint} Model hyper-parameters: "
+                             f"{', '.join(sorted(model_keys)) or 'none'}; training: {', '.join(sorted(train_keys))}.")
+    train_part = {k: v for k, v in config.items() if k in train_keys}
+    model_part = {k: v for k, v in config.items() if k not in train_keys}
+    spec = from_mapping(TrainSpec, {**dataclasses.asdict(base), **train_part}, where)
+    params = from_mapping(model_cls.Params, model_part, where)
+    return spec, params
+
+
+def evaluate_model(model: Recommender, train: sp.csr_matrix, heldout: sp.csr_matrix,
+                   spec: TrainSpec, metrics=None) -> Evaluation:
+    model.eval()
+    device = next(itertools.chain(model.parameters(), model.buffers()), torch.empty(0)).device
+
+    def score(users: np.ndarray) -> torch.Tensor:
+        return model.score(torch.as_tensor(users, device=device)).float().cpu()
+
+    kwargs = {} if metrics is None else {"metrics": metrics}
+    with torch.inference_mode():
+        result = full_ranking(score, train, heldout, cutoffs=spec.cutoffs, graded=spec.graded_ndcg,
+                              chunk_size=spec.eval_chunk, **kwargs)
+    model.train()
+    return result
+
+
+def fit(model_cls: type[Recommender], params, spec: TrainSpec, data: TrainData,
+        val: sp.csr_matrix, label: str = "") -> FitResult:
+    """Train one configuration; keep the state of the epoch with the best validation metric."""
+    result = FitResult(config={**dataclasses.asdict(params), "lr": spec.lr})
+    generator = seed_everything(spec.seed)
+    model = model_cls(params, data).to(data.device)
+    metric_name, _ = parse_metric(spec.validation_metric)
+    started = time.perf_counter()
+
+    def validate(epoch: int, loss: float) -> bool:
+        ev = evaluate_model(model, data.train, val, spec, metrics=[metric_name])
+        score = ev.mean()[spec.validation_metric]
+        result.curve.append({"epoch": epoch, "loss": loss, spec.validation_metric: score})
+        if score > result.best_score:
+            result.best_score, result.best_epoch = score, epoch
+            result.state = copy.deepcopy(model.state_dict())
+            return True
+        return False
+
+    if model_cls.sampling == "none":
+        validate(0, float("nan"))
+        result.seconds = time.perf_counter() - started
+        return result
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=spec.lr)
+    sampler = UniformSampler(data.train, generator)
+    stale = 0
+    bar = tqdm(range(1, spec.epochs + 1), desc=label or model_cls.__name__, leave=False)
+    for epoch in bar:
+        model.on_epoch_start(epoch)
+        total, batches = 0.0, 0
+        for batch in sampler.epoch(spec.batch_size):
+            batch = Batch(*(t.to(data.device) for t in (batch.users, batch.pos, batch.neg)))
+            loss = model.loss(batch)
+            if not torch.isfinite(loss):
+                result.status = (f"diverged: loss {loss.item()} at epoch {epoch} "
+                                 f"(lower the learning rate {spec.lr} or raise regularisation)")
+                log.warning("%s %s", label, result.status)
+                result.seconds = time.perf_counter() - started
+                return result
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item()
+            batches += 1
+        mean_loss = total / max(1, batches)
+        if epoch % spec.eval_every == 0 or epoch == spec.epochs:
+            improved = validate(epoch, mean_loss)
+            bar.set_postfix(loss=f"{mean_loss:.4f}", best=f"{result.best_score:.4f}@{result.best_epoch}")
+            stale = 0 if improved else stale + 1
+            if spec.patience is not None and stale >= spec.patience:
+                log.info("%s early stop at epoch %d (best %d)", label, epoch, result.best_epoch)
+                break
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+@dataclass
+class RunResult:
+    """A model's grid search on one dataset and feature setting: trials, selection, test metrics."""
+
+    model: str
+    trials: list[FitResult]
+    selected: int  # index into trials, chosen on validation
+    test: Evaluation
+    seconds: float
+
+    @property
+    def best(self) -> FitResult:
+        return self.trials[self.selected]
+
+
+def train_and_select(model_name: str, grid: list[dict], base: TrainSpec, data: TrainData,
+                     val: sp.csr_matrix, test: sp.csr_matrix, where: str = "models") -> RunResult:
+    """Train every grid point, select configuration and epoch on validation, then evaluate the
+    selected model once on test (train items masked, as in the paper)."""
+    model_cls = MODELS.get(model_name)
+    started = time.perf_counter()
+    trials = []
+    parsed = [split_config(model_cls, point, base, f"{where}.{model_name}") for point in grid]
+    for index, (spec, params) in enumerate(parsed):
+        label = f"{model_name} [{index + 1}/{len(parsed)}]"
+        trial = fit(model_cls, params, spec, data, val, label=label)
+        log.info("%s %s -> val %s=%.4f at epoch %d (%s, %.1fs)", label, trial.config,
+                 spec.validation_metric, trial.best_score, trial.best_epoch, trial.status, trial.seconds)
+        trials.append(trial)
+    usable = [i for i, t in enumerate(trials) if t.state is not None]
+    if not usable:
+        reasons = "; ".join(f"{t.config}: {t.status}" for t in trials)
+        raise MmlibError(f"Every configuration of {model_name} failed: {reasons}")
+    selected = max(usable, key=lambda i: (trials[i].best_score, -i))
+    spec, params = parsed[selected]
+    model = model_cls(params, data).to(data.device)
+    model.load_state_dict(trials[selected].state)
+    test_eval = evaluate_model(model, data.train, test, spec)
+    return RunResult(model_name, trials, selected, test_eval, time.perf_counter() - started)
