@@ -38,6 +38,9 @@ class TrainSpec:
     epochs: int = 200
     batch_size: int = 1024
     lr: float = 1e-3
+    # LambdaLR factor a ** (epoch / b) per epoch, as MMRec's `learning_rate_scheduler: [a, b]`;
+    # [1.0, 50] is constant; LATTICE's anchor uses [0.96, 50].
+    lr_scheduler: list[float] = field(default_factory=lambda: [1.0, 50.0])
     eval_every: int = 10  # validate every n epochs (and after the last)
     patience: int | None = None  # stop after this many validations without gain; None: never
     validation_metric: str = "Recall@20"
@@ -51,6 +54,8 @@ class TrainSpec:
         parse_metric(self.validation_metric)
         if self.epochs < 1 or self.batch_size < 1 or self.eval_every < 1:
             raise MmlibError("epochs, batch_size and eval_every must be positive integers.")
+        if len(self.lr_scheduler) != 2 or self.lr_scheduler[1] <= 0:
+            raise MmlibError(f"lr_scheduler must be [factor, every] with every > 0, got {self.lr_scheduler}.")
 
 
 PROTOCOLS: dict[str, dict[str, Any]] = {
@@ -108,13 +113,13 @@ class UniformSampler:
             neg[redo] = torch.randint(self.n_items, (int(redo.sum()),), generator=self.generator)
         return neg
 
-    def epoch(self, batch_size: int):
+    def epoch(self, batch_size: int, with_negatives: bool = True):
         order = torch.randperm(len(self.users), generator=self.generator)
         users, items = self.users[order], self.items[order]
-        negs = self.negatives(users)
+        negs = self.negatives(users) if with_negatives else None
         for start in range(0, len(order), batch_size):
             sl = slice(start, start + batch_size)
-            yield Batch(users[sl], items[sl], negs[sl])
+            yield Batch(users[sl], items[sl], None if negs is None else negs[sl])
 
 
 @dataclass
@@ -157,6 +162,7 @@ def evaluate_model(model: Recommender, train: sp.csr_matrix, heldout: sp.csr_mat
 
     kwargs = {} if metrics is None else {"metrics": metrics}
     with torch.inference_mode():
+        model.on_evaluation_start()
         result = full_ranking(score, train, heldout, cutoffs=spec.cutoffs, graded=spec.graded_ndcg,
                               chunk_size=spec.eval_chunk, **kwargs)
     model.train()
@@ -188,27 +194,31 @@ def fit(model_cls: type[Recommender], params, spec: TrainSpec, data: TrainData,
         return result
 
     optimizer = torch.optim.Adam(model.parameters(), lr=spec.lr)
+    decay, every = spec.lr_scheduler
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: decay ** (e / every))
     sampler = UniformSampler(data.train, generator)
+    with_negatives = model_cls.sampling == "bpr"
     stale = 0
     bar = tqdm(range(1, spec.epochs + 1), desc=label or model_cls.__name__, leave=False)
     for epoch in bar:
         model.on_epoch_start(epoch)
-        total, batches = 0.0, 0
-        for batch in sampler.epoch(spec.batch_size):
-            batch = Batch(*(t.to(data.device) for t in (batch.users, batch.pos, batch.neg)))
+        total, batches = torch.zeros((), device=data.device), 0
+        for batch in sampler.epoch(spec.batch_size, with_negatives):
+            batch = Batch(*(None if t is None else t.to(data.device)
+                            for t in (batch.users, batch.pos, batch.neg)))
             loss = model.loss(batch)
-            if not torch.isfinite(loss):
-                result.status = (f"diverged: loss {loss.item()} at epoch {epoch} "
-                                 f"(lower the learning rate {spec.lr} or raise regularisation)")
-                log.warning("%s %s", label, result.status)
-                result.seconds = time.perf_counter() - started
-                return result
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += loss.item()
+            total += loss.detach()  # no per-batch .item(): it would sync a GPU every step
             batches += 1
-        mean_loss = total / max(1, batches)
+        scheduler.step()
+        mean_loss = total.item() / max(1, batches)
+        if not math.isfinite(mean_loss):  # the best state so far is kept; this configuration stops
+            result.status = (f"diverged: loss {mean_loss} at epoch {epoch} "
+                             f"(lower the learning rate {spec.lr} or raise regularisation)")
+            log.warning("%s %s", label, result.status)
+            break
         if epoch % spec.eval_every == 0 or epoch == spec.epochs:
             improved = validate(epoch, mean_loss)
             bar.set_postfix(loss=f"{mean_loss:.4f}", best=f"{result.best_score:.4f}@{result.best_epoch}")

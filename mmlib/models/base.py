@@ -39,7 +39,7 @@ class Batch:
 
     users: torch.Tensor
     pos: torch.Tensor
-    neg: torch.Tensor
+    neg: torch.Tensor | None  # None for models with sampling = "positive"
 
 
 @dataclass
@@ -54,8 +54,9 @@ class Recommender(nn.Module):
     Params: ClassVar[type] = NoParams
     # "none": uses no features; "any": at least one modality, uses all given (or `params.modalities`).
     modalities_needed: ClassVar[Literal["none", "any"]] = "none"
-    # "bpr": (user, positive, negative) batches; "none": nothing to train (e.g. MostPop).
-    sampling: ClassVar[Literal["bpr", "none"]] = "bpr"
+    # "bpr": (user, positive, negative) batches; "positive": (user, positive) only, `neg` is None
+    # (negative-free models such as BM3); "none": nothing to train (MostPop, ItemKNN).
+    sampling: ClassVar[Literal["bpr", "positive", "none"]] = "bpr"
 
     def __init__(self, params, data: TrainData):
         super().__init__()
@@ -73,6 +74,10 @@ class Recommender(nn.Module):
 
     def on_epoch_start(self, epoch: int) -> None:
         """Optional per-epoch hook (e.g. a graph rebuilt from the current embeddings)."""
+
+    def on_evaluation_start(self) -> None:
+        """Optional hook before a full-ranking pass (under inference mode): compute once what every
+        block of users shares, e.g. propagated graph embeddings, instead of once per block."""
 
     # -- helpers for subclasses --------------------------------------------------------------------
     @classmethod
