@@ -60,9 +60,10 @@ def extract(study: StudySpec, setting: str) -> Features:
                             study.output_root / "features" / study.dataset.name)
 
 
-def train_data(dataset: Dataset, features: Features | None, device: torch.device) -> TrainData:
+def train_data(dataset: Dataset, features: Features | None, device: torch.device,
+               cache_dir: Path | None = None) -> TrainData:
     data = TrainData(n_users=dataset.n_users, n_items=dataset.n_items,
-                     train=dataset.matrix("train"), device=device)
+                     train=dataset.matrix("train"), device=device, cache_dir=cache_dir)
     if features is not None:
         for modality, matrix in features.matrices.items():
             data.features[modality] = torch.as_tensor(np.array(matrix, dtype=np.float32), device=device)
@@ -104,7 +105,7 @@ def train(study: StudySpec, model: str, setting: str | None = None, force: bool 
             return summary
 
     spec = study.train_spec()
-    data = train_data(dataset, features, resolve_device(spec.device))
+    data = train_data(dataset, features, resolve_device(spec.device), study.output_root / "cache")
     result = train_and_select(model, grid, spec, data, dataset.matrix("val"),
                               dataset.matrix("test", values="rating"), where=study.where)
     out.mkdir(parents=True, exist_ok=True)

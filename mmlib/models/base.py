@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -28,6 +29,7 @@ class TrainData:
     features: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)  # modality -> (n_items, d)
     masks: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)  # modality -> (n_items,) bool
     device: torch.device = torch.device("cpu")
+    cache_dir: Path | None = None  # where derived structures (kNN graphs) may be cached by input hash
 
     def item_popularity(self) -> torch.Tensor:
         return torch.as_tensor(np.asarray(self.train.sum(axis=0)).ravel(), dtype=torch.float32)
