@@ -1,0 +1,246 @@
+"""The Extractor contract.
+
+An extractor is a class registered by name in `mmlib.registry.EXTRACTORS`, built from a strictly
+parsed options dataclass (`Options`). It declares the modalities it can produce and implements:
+
+- `spec() -> dict`: everything that determines its output (name, algorithm version, all options,
+  resolved checkpoint and weights hash, preprocessing). It names the cache and goes in the manifest.
+- `prepare(dataset, modality) -> int`: load the model / fit on the dataset; return the output
+  dimension (so the caller can preallocate the memory-mapped matrix). Timed as "load".
+- `extract(dataset, modality, out) -> dict`: write one float32 row per item that has the modality
+  into `out` (preallocated, shape (n_items, dim), usually a memmap), in batches, with a progress bar.
+  The returned report has `present` (bool per item: rows written), `failed` (list of
+  `{item, item_id, file, reason}` for inputs that exist but could not be read), `timings`
+  (`preprocess_s`, `forward_s`) and any extractor-specific extras under `extra`.
+
+The default `extract` already does the batching, decoding, failure handling, timing and progress:
+most extractors only implement `encode_images(batch)` and/or `encode_texts(batch)` (and
+`preprocess_image(image)` for per-image work done while decoding). A multimodal-by-design
+extractor (CLIP-like) declares both modalities and implements both methods; one instance serves
+both modalities, so its model is loaded once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, ClassVar
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from mmlib.config import from_mapping
+from mmlib.errors import MmlibError
+from mmlib.extract.images import load_rgb
+from mmlib.registry import EXTRACTORS
+
+MODALITIES = ("visual", "textual")
+
+
+def _py(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def check_item_index(dataset) -> None:
+    items = dataset.items
+    if not np.array_equal(items["item"].to_numpy(), np.arange(len(items))):
+        raise MmlibError(
+            f"Dataset {dataset.name!r}: items.item must be 0..n-1 in row order (feature rows are "
+            "aligned with it). Re-create the dataset with mmlib.data."
+        )
+
+
+def modality_inputs(dataset, modality: str) -> tuple[np.ndarray, list[dict]]:
+    """Indices of items that have `modality`, and the absent ones with the reason.
+
+    Textual: `has_text` true and a non-blank string (empty/whitespace texts count as missing).
+    Visual: `has_image` true and an image path (whether the file decodes is found out later).
+    """
+    items = dataset.items
+    ids = items["item_id"].tolist()
+    present: list[int] = []
+    absent: list[dict] = []
+    if modality == "textual":
+        for i, (text, flag) in enumerate(zip(items["text"].tolist(), items["has_text"].tolist())):
+            if not flag:
+                reason = "no text (has_text is false)"
+            elif not isinstance(text, str):
+                reason = "no text"
+            elif not text.strip():
+                reason = "empty text"
+            else:
+                present.append(i)
+                continue
+            absent.append({"item": i, "item_id": _py(ids[i]), "reason": reason})
+    elif modality == "visual":
+        paths = dataset.image_paths()
+        for i, (path, flag) in enumerate(zip(paths, items["has_image"].tolist())):
+            if not flag:
+                reason = "no image (has_image is false)"
+            elif path is None:
+                reason = "no image"
+            else:
+                present.append(i)
+                continue
+            absent.append({"item": i, "item_id": _py(ids[i]), "reason": reason})
+    else:
+        raise MmlibError(f"Unknown modality {modality!r}; expected one of {MODALITIES}.")
+    return np.asarray(present, dtype=np.int64), absent
+
+
+@dataclasses.dataclass
+class NoOptions:
+    batch_size: int = 64
+
+
+class Extractor:
+    """Base class; see the module docstring for the contract."""
+
+    Options: ClassVar[type] = NoOptions
+    modalities: ClassVar[tuple[str, ...]] = ()
+    version: ClassVar[int] = 1  # bump when the algorithm changes: invalidates cached features
+    registered_name: ClassVar[str]
+
+    def __init__(self, options=None):
+        self.options = options if options is not None else self.Options()
+
+    # -- construction ----------------------------------------------------------------------------
+    @classmethod
+    def from_options(cls, options: dict | None = None, where: str | None = None) -> "Extractor":
+        where = where or f"extractor {cls.registered_name!r}"
+        return cls(from_mapping(cls.Options, options or {}, where))
+
+    # -- identity --------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return getattr(type(self), "registered_name", type(self).__name__)
+
+    @property
+    def batch_size(self) -> int:
+        return int(getattr(self.options, "batch_size", 64))
+
+    @property
+    def device(self) -> str:
+        return str(getattr(self.options, "device", "cpu"))
+
+    def spec(self) -> dict:
+        """Everything that determines the output (cache key + manifest). Subclasses add to it."""
+        return {
+            "extractor": self.name,
+            "version": self.version,
+            "options": dataclasses.asdict(self.options),
+        }
+
+    def provenance(self) -> dict:
+        """Recorded in the manifest but not part of the cache key (library versions etc.)."""
+        import platform
+
+        import mmlib
+
+        return {"mmlib": mmlib.__version__, "numpy": np.__version__, "python": platform.python_version()}
+
+    # -- work ------------------------------------------------------------------------------------
+    def prepare(self, dataset, modality: str) -> int:
+        raise NotImplementedError
+
+    def preprocess_image(self, image) -> Any:
+        """Per-image work done while decoding (resize, to array, ...). Errors count as failures."""
+        return image
+
+    def encode_images(self, batch: list) -> np.ndarray:
+        raise NotImplementedError(f"{self.name} does not encode images")
+
+    def encode_texts(self, batch: list[str]) -> np.ndarray:
+        raise NotImplementedError(f"{self.name} does not encode texts")
+
+    def extract(self, dataset, modality: str, out: np.ndarray) -> dict:
+        if modality == "visual":
+            return self._extract_images(dataset, out)
+        if modality == "textual":
+            return self._extract_texts(dataset, out)
+        raise MmlibError(f"{self.name}: cannot extract modality {modality!r}.")
+
+    # -- default batched loops -------------------------------------------------------------------
+    def _write(self, out: np.ndarray, rows: np.ndarray, vectors) -> None:
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.shape != (len(rows), out.shape[1]):
+            raise MmlibError(
+                f"Extractor {self.name!r} returned an array of shape {vectors.shape} for a batch of "
+                f"{len(rows)} items; expected ({len(rows)}, {out.shape[1]}) as announced by prepare()."
+            )
+        out[rows] = vectors
+
+    def _progress(self, total: int, modality: str, unit: str):
+        return tqdm(total=total, desc=f"{self.name} [{modality}]", unit=unit, leave=False,
+                    mininterval=0.5)
+
+    def _extract_images(self, dataset, out: np.ndarray) -> dict:
+        indices, _ = modality_inputs(dataset, "visual")
+        paths = dataset.image_paths()
+        files = dataset.items["image"].tolist()
+        ids = dataset.items["item_id"].tolist()
+        present = np.zeros(len(out), dtype=bool)
+        failed: list[dict] = []
+        t_pre = t_fwd = 0.0
+        with self._progress(len(indices), "visual", "img") as bar:
+            for start in range(0, len(indices), self.batch_size):
+                chunk = indices[start:start + self.batch_size]
+                t0 = time.perf_counter()
+                rows, inputs = [], []
+                for i in chunk:
+                    try:
+                        inputs.append(self.preprocess_image(load_rgb(paths[i])))
+                        rows.append(int(i))
+                    except Exception as exc:  # any decode problem makes this item missing
+                        failed.append({"item": int(i), "item_id": _py(ids[i]), "file": files[i],
+                                       "reason": f"{type(exc).__name__}: {exc}"})
+                t1 = time.perf_counter()
+                if rows:
+                    self._write(out, np.asarray(rows), self.encode_images(inputs))
+                    present[rows] = True
+                t_pre += t1 - t0
+                t_fwd += time.perf_counter() - t1
+                bar.update(len(chunk))
+        return {"present": present, "failed": failed,
+                "timings": {"preprocess_s": t_pre, "forward_s": t_fwd}}
+
+    def _extract_texts(self, dataset, out: np.ndarray) -> dict:
+        indices, _ = modality_inputs(dataset, "textual")
+        texts = dataset.items["text"].tolist()
+        present = np.zeros(len(out), dtype=bool)
+        t_fwd = 0.0
+        with self._progress(len(indices), "textual", "text") as bar:
+            for start in range(0, len(indices), self.batch_size):
+                chunk = indices[start:start + self.batch_size]
+                t0 = time.perf_counter()
+                self._write(out, chunk, self.encode_texts([texts[i] for i in chunk]))
+                present[chunk] = True
+                t_fwd += time.perf_counter() - t0
+                bar.update(len(chunk))
+        return {"present": present, "failed": [],
+                "timings": {"preprocess_s": 0.0, "forward_s": t_fwd}}
+
+
+def build_extractor(spec: dict | str | Extractor, where: str = "extractor") -> Extractor:
+    """Build an extractor from `{"extractor": name, **options}` (or just a name).
+
+    Unknown names and options raise MmlibError prefixed with `where` (e.g. the setting and modality).
+    """
+    if isinstance(spec, Extractor):
+        return spec
+    if isinstance(spec, str):
+        spec = {"extractor": spec}
+    if not isinstance(spec, dict) or "extractor" not in spec:
+        raise MmlibError(
+            f"{where}: expected a mapping with an 'extractor' key (one of "
+            f"{', '.join(EXTRACTORS.names())}) plus its options, got {spec!r}."
+        )
+    name = spec["extractor"]
+    if not isinstance(name, str):
+        raise MmlibError(f"{where}.extractor: expected a name, got {name!r}.")
+    try:
+        cls = EXTRACTORS.get(name)
+    except MmlibError as exc:
+        raise MmlibError(f"{where}.extractor: {exc}") from None
+    options = {k: v for k, v in spec.items() if k != "extractor"}
+    return cls.from_options(options, where=f"{where} (extractor {name!r})")

