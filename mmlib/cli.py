@@ -63,6 +63,15 @@ def cmd_batch(args) -> None:
     print(f"executed {len(jobs)} notebooks; results in outputs/tables/results.md")
 
 
+def cmd_bench(args) -> None:
+    import importlib
+
+    module = importlib.import_module(f"mmlib.bench.{args.which}")
+    code = module.main(args.rest)
+    if code:
+        raise SystemExit(code)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mmlib", description="Benchmark multimodal feature extractors for recommendation. "
@@ -93,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="results table and figures from the runs")
     p.add_argument("study")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("bench", help="benchmarks: `mmlib bench extraction|training --help`")
+    p.add_argument("which", choices=["extraction", "training"])
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="the benchmark's own options")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("batch", help="execute the notebooks of a study with papermill")
     p.add_argument("study")

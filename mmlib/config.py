@@ -40,31 +40,36 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
     if hint is Any:
         return value
     if origin in (typing.Union, types.UnionType):
-        errors = []
-        for option in typing.get_args(hint):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        options = [o for o in options if o is not type(None)]
+        if len(options) == 1:  # Optional[X]: X's own, more precise message
+            return _check_type(value, options[0], where)
+        for option in options:
             try:
                 return _check_type(value, option, where)
-            except MmlibError as exc:
-                errors.append(str(exc))
-        raise MmlibError(f"{where}: {value!r} does not match {hint}.")
+            except MmlibError:
+                pass
+        raise MmlibError(f"{where.rstrip(':')}: {value!r} does not match {hint}.")
     if hint is type(None):
         if value is None:
             return None
-        raise MmlibError(f"{where}: expected null, got {value!r}.")
+        raise MmlibError(f"{where.rstrip(':')}: expected null, got {value!r}.")
     if origin is typing.Literal:
         if value in typing.get_args(hint):
             return value
-        raise MmlibError(f"{where}: {value!r} is not one of {list(typing.get_args(hint))}.")
+        raise MmlibError(f"{where.rstrip(':')}: {value!r} is not one of {list(typing.get_args(hint))}.")
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise MmlibError(f"{where}: expected a list, got {value!r}.")
+            raise MmlibError(f"{where.rstrip(':')}: expected a list, got {value!r}.")
         args = typing.get_args(hint)
         item_hint = args[0] if args else Any
         items = [_check_type(v, item_hint, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, dict):
-            raise MmlibError(f"{where}: expected a mapping, got {value!r}.")
+            raise MmlibError(f"{where.rstrip(':')}: expected a mapping, got {value!r}.")
         return dict(value)
     if dataclasses.is_dataclass(hint):
         return from_mapping(hint, value, where)
@@ -77,11 +82,16 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
             pass
     if isinstance(hint, type):
         if hint is int and isinstance(value, bool):
-            raise MmlibError(f"{where}: expected an integer, got {value!r}.")
+            raise MmlibError(f"{where.rstrip(':')}: expected an integer, got {value!r}.")
         if isinstance(value, hint):
             return value
-        raise MmlibError(f"{where}: expected {hint.__name__}, got {value!r} ({type(value).__name__}).")
+        raise MmlibError(f"{where.rstrip(':')}: expected {hint.__name__}, got {value!r} ({type(value).__name__}).")
     return value
+
+
+def _join(where: str, key: str) -> str:
+    """'params/x.yaml:' + 'models' -> 'params/x.yaml: models'; 'a.b' + 'c' -> 'a.b.c'."""
+    return f"{where} {key}" if where.endswith(":") else f"{where}.{key}"
 
 
 def from_mapping(cls: type[S], data: Any, where: str) -> S:
@@ -91,7 +101,7 @@ def from_mapping(cls: type[S], data: Any, where: str) -> S:
     if isinstance(data, cls):
         return data
     if not isinstance(data, dict):
-        raise MmlibError(f"{where}: expected a mapping, got {data!r}.")
+        raise MmlibError(f"{where.rstrip(':')}: expected a mapping, got {data!r}.")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = [k for k in data if k not in fields]
     if unknown:
@@ -99,18 +109,18 @@ def from_mapping(cls: type[S], data: Any, where: str) -> S:
         close = difflib.get_close_matches(str(key), fields, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise MmlibError(
-            f"{where}: unknown key {key!r}.{hint} Allowed keys: {', '.join(sorted(fields))}."
+            f"{where.rstrip(':')}: unknown key {key!r}.{hint} Allowed keys: {', '.join(sorted(fields))}."
         )
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, f in fields.items():
         if name in data:
-            kwargs[name] = _check_type(data[name], hints[name], f"{where}.{name}")
+            kwargs[name] = _check_type(data[name], hints[name], _join(where, name))
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise MmlibError(f"{where}: missing required key {name!r}.")
+            raise MmlibError(f"{where.rstrip(':')}: missing required key {name!r}.")
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
         if isinstance(exc, MmlibError):
             raise
-        raise MmlibError(f"{where}: {exc}") from exc
+        raise MmlibError(f"{where.rstrip(':')}: {exc}") from exc

@@ -1,12 +1,13 @@
 """Name -> class registries for recommenders and extractors.
 
-Modules register themselves with a decorator; `mmlib.models` and `mmlib.extract` import every
-module once so that the registries are complete after `import mmlib.models` / `mmlib.extract`.
+Modules register themselves with a decorator; a registry imports its package on first use, and the
+package imports every module in it, so the registry is always complete.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
 from typing import Callable, Generic, TypeVar
 
 from mmlib.errors import MmlibError
@@ -15,9 +16,13 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, package: str):
         self.kind = kind
+        self.package = package  # importing it registers every entry
         self._entries: dict[str, T] = {}
+
+    def _load(self) -> None:
+        importlib.import_module(self.package)
 
     def register(self, name: str) -> Callable[[T], T]:
         def decorator(obj: T) -> T:
@@ -30,6 +35,7 @@ class Registry(Generic[T]):
         return decorator
 
     def get(self, name: str) -> T:
+        self._load()
         if name not in self._entries:
             close = difflib.get_close_matches(name, self._entries, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
@@ -40,11 +46,13 @@ class Registry(Generic[T]):
         return self._entries[name]
 
     def names(self) -> list[str]:
+        self._load()
         return sorted(self._entries)
 
     def __contains__(self, name: str) -> bool:
+        self._load()
         return name in self._entries
 
 
-MODELS: Registry = Registry("model")
-EXTRACTORS: Registry = Registry("extractor")
+MODELS: Registry = Registry("model", "mmlib.models")
+EXTRACTORS: Registry = Registry("extractor", "mmlib.extract")

@@ -125,7 +125,7 @@ def load_study(path: Path | str) -> StudySpec:
     path = Path(path)
     raw = load_yaml(path)
     raw.setdefault("name", path.stem)
-    study = from_mapping(StudySpec, {**raw, "source_file": str(path)}, str(path))
+    study = from_mapping(StudySpec, {**raw, "source_file": str(path)}, f"{path}:")
     if study.protocol not in PROTOCOLS:
         raise MmlibError(f"{path}: protocol {study.protocol!r} unknown.")
     return study.validate()

@@ -165,8 +165,25 @@ def evaluate_model(model: Recommender, train: sp.csr_matrix, heldout: sp.csr_mat
         model.on_evaluation_start()
         result = full_ranking(score, train, heldout, cutoffs=spec.cutoffs, graded=spec.graded_ndcg,
                               chunk_size=spec.eval_chunk, **kwargs)
-    model.train()
     return result
+
+
+def run_epoch(model: Recommender, optimizer: torch.optim.Optimizer, sampler: UniformSampler,
+              batch_size: int, epoch: int, device: torch.device) -> float:
+    """One pass over the training interactions; returns the mean batch loss."""
+    model.train()
+    model.on_epoch_start(epoch)
+    with_negatives = type(model).sampling == "bpr"
+    total, batches = torch.zeros((), device=device), 0
+    for batch in sampler.epoch(batch_size, with_negatives):
+        batch = Batch(*(None if t is None else t.to(device) for t in (batch.users, batch.pos, batch.neg)))
+        loss = model.loss(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.detach()  # no per-batch .item(): it would sync a GPU every step
+        batches += 1
+    return total.item() / max(1, batches)
 
 
 def fit(model_cls: type[Recommender], params, spec: TrainSpec, data: TrainData,
@@ -197,23 +214,11 @@ def fit(model_cls: type[Recommender], params, spec: TrainSpec, data: TrainData,
     decay, every = spec.lr_scheduler
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: decay ** (e / every))
     sampler = UniformSampler(data.train, generator)
-    with_negatives = model_cls.sampling == "bpr"
     stale = 0
     bar = tqdm(range(1, spec.epochs + 1), desc=label or model_cls.__name__, leave=False)
     for epoch in bar:
-        model.on_epoch_start(epoch)
-        total, batches = torch.zeros((), device=data.device), 0
-        for batch in sampler.epoch(spec.batch_size, with_negatives):
-            batch = Batch(*(None if t is None else t.to(data.device)
-                            for t in (batch.users, batch.pos, batch.neg)))
-            loss = model.loss(batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.detach()  # no per-batch .item(): it would sync a GPU every step
-            batches += 1
+        mean_loss = run_epoch(model, optimizer, sampler, spec.batch_size, epoch, data.device)
         scheduler.step()
-        mean_loss = total.item() / max(1, batches)
         if not math.isfinite(mean_loss):  # the best state so far is kept; this configuration stops
             result.status = (f"diverged: loss {mean_loss} at epoch {epoch} "
                              f"(lower the learning rate {spec.lr} or raise regularisation)")

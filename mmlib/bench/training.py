@@ -1,0 +1,221 @@
+"""Training benchmark: seconds per epoch, seconds per full-ranking evaluation and peak memory of
+every registered model on the real interactions of Amazon Baby (MMRec's split: 19,445 users,
+7,050 items), plus the blockwise kNN item graph at 7k / 30k / 100k items.
+
+    mmlib bench training [--models BPRMF LightGCN ...] [--epochs 3] [--accuracy]
+
+Writes `<out>/training.csv` (model, sec_per_epoch, eval_sec, setup_sec, peak_mem_mb, ...) and
+`<out>/knn_graph.csv` (items, dim, k, sec, peak_mem_mb). The shipped Baby set has no features
+here, so seeded random matrices of 4096 (visual) and 384 (textual) dims stand in for them: speed
+does not depend on their values. Same hyper-parameters for everyone: batch 2,048, embedding 64,
+each model's Params defaults. Each measurement runs in a fresh process so that its peak resident
+memory (`ru_maxrss`, including the imported libraries) belongs to that model alone.
+
+`--accuracy` also trains BPRMF and LightGCN (3 layers) to convergence under the `mmrec` protocol
+(early stopping after 20 validations without gain on validation Recall@20, lr 1e-3, the
+regularisation grid of params/models/<Model>.yaml, selection on validation only) and writes
+`<out>/accuracy.csv` (model, metric, ours, published) beside MMRec's published numbers. It takes
+hours on a 2-core CPU: it is not part of CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+BABY = "amazon2014_baby_mmrec"
+FEATURE_DIMS = {"visual": 4096, "textual": 384}
+PUBLISHED = {  # MMRec's published Baby results (anchors-and-models.md §2.1), test @20
+    ("BPRMF", "Recall@20"): 0.0575, ("BPRMF", "nDCG@20"): 0.0249,
+    ("LightGCN", "Recall@20"): 0.0754, ("LightGCN", "nDCG@20"): 0.0328,
+}
+KNN_SIZES = (7_050, 30_000, 100_000)
+
+
+def _peak_mem_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def baby_dataset(out: Path):
+    from mmlib.data.prepare import DatasetSpec, prepare_dataset
+    from mmlib.config import from_mapping
+
+    spec = from_mapping(DatasetSpec, {"source": "mmrec", "name": "baby", "path": BABY,
+                                      "split": {"strategy": "fixed"}}, "bench")
+    return prepare_dataset(spec, out / "datasets" / "baby")
+
+
+def random_features(n_items: int, seed: int = 0) -> dict:
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    return {m: torch.rand(n_items, d, generator=gen) for m, d in FEATURE_DIMS.items()}
+
+
+def time_model(model_name: str, out: Path, epochs: int, threads: int) -> dict:
+    """One cell, in its own process: build, train `epochs` epochs, evaluate all users twice."""
+    import torch
+
+    from mmlib.data import Dataset
+    from mmlib.models.base import TrainData
+    from mmlib.registry import MODELS
+    from mmlib.train import TrainSpec, UniformSampler, evaluate_model, run_epoch, seed_everything
+
+    torch.set_num_threads(threads)
+    dataset = Dataset.load(out / "datasets" / "baby")
+    cls = MODELS.get(model_name)
+    data = TrainData(dataset.n_users, dataset.n_items, dataset.matrix("train"),
+                     features=random_features(dataset.n_items) if cls.modalities_needed != "none" else {},
+                     cache_dir=out / "cache")
+    spec = TrainSpec(batch_size=2048, lr=1e-3, cutoffs=[20], eval_chunk=4096)
+    generator = seed_everything(0)
+    started = time.perf_counter()
+    model = cls(cls.Params(), data)
+    setup = time.perf_counter() - started
+    row = {"model": model_name, "threads": threads, "setup_sec": round(setup, 3)}
+    if cls.sampling != "none":
+        optimizer = torch.optim.Adam(model.parameters(), lr=spec.lr)
+        sampler = UniformSampler(data.train, generator)
+        seconds, losses = [], []
+        for epoch in range(1, epochs + 1):
+            started = time.perf_counter()
+            losses.append(run_epoch(model, optimizer, sampler, spec.batch_size, epoch, data.device))
+            seconds.append(time.perf_counter() - started)
+        # The first epoch pays one-off costs (allocator warm-up, lazily built structures).
+        timed = seconds[1:] or seconds
+        row.update(sec_per_epoch=round(statistics.median(timed), 3), first_epoch_sec=round(seconds[0], 3),
+                   epochs_timed=len(timed), loss_first=losses[0], loss_last=losses[-1])
+    else:
+        row.update(sec_per_epoch=0.0, epochs_timed=0)
+    test = dataset.matrix("test")
+    evals = []
+    for _ in range(2):
+        started = time.perf_counter()
+        result = evaluate_model(model, data.train, test, spec, metrics=["Recall", "nDCG"])
+        evals.append(time.perf_counter() - started)
+    row.update(eval_sec=round(min(evals), 3), eval_users=int(len(result.users)),
+               test_recall20=round(result.mean()["Recall@20"], 5), peak_mem_mb=round(_peak_mem_mb(), 1))
+    return row
+
+
+def time_knn(n_items: int, dim: int, k: int, threads: int) -> dict:
+    import torch
+
+    from mmlib.models.graph import knn_graph
+
+    torch.set_num_threads(threads)
+    features = torch.rand(n_items, dim, generator=torch.Generator().manual_seed(0))
+    before = _peak_mem_mb()
+    started = time.perf_counter()
+    graph = knn_graph(features, k)
+    seconds = time.perf_counter() - started
+    assert graph.nnz == n_items * k
+    return {"items": n_items, "dim": dim, "k": k, "sec": round(seconds, 2),
+            "peak_mem_mb": round(_peak_mem_mb(), 1), "peak_mem_before_mb": round(before, 1),
+            "threads": threads}
+
+
+def _cell(args: list[str]) -> dict:
+    """Run one measurement in a fresh interpreter; it prints one JSON line."""
+    cmd = [sys.executable, "-m", "mmlib.bench.training", "--cell", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def accuracy(out: Path, threads: int) -> pd.DataFrame:
+    import torch
+
+    from mmlib.data import Dataset
+    from mmlib.models.base import TrainData
+    from mmlib.study import expand_grid, load_model_grid
+    from mmlib.train import protocol_spec, train_and_select
+
+    torch.set_num_threads(threads)
+    dataset = Dataset.load(out / "datasets" / "baby")
+    data = TrainData(dataset.n_users, dataset.n_items, dataset.matrix("train"))
+    rows = []
+    for model in ("BPRMF", "LightGCN"):
+        grid = expand_grid({**load_model_grid(model, "mmrec"), "lr": 0.001})
+        if model == "LightGCN":
+            grid = [{**p, "n_layers": 3} for p in grid]
+        spec = protocol_spec("mmrec", cutoffs=[20], eval_chunk=4096)
+        run = train_and_select(model, grid, spec, data, dataset.matrix("val"), dataset.matrix("test"))
+        for metric in ("Recall@20", "nDCG@20"):
+            rows.append({"model": model, "metric": metric, "ours": round(run.test.mean()[metric], 4),
+                         "published": PUBLISHED[(model, metric)],
+                         "selected": json.dumps(run.best.config), "best_epoch": run.best.best_epoch})
+        log.info("%s: %s", model, rows[-2:])
+    frame = pd.DataFrame(rows)
+    frame.to_csv(out / "accuracy.csv", index=False)
+    return frame
+
+
+def run(out: Path = Path("outputs/benchmarks"), models: list[str] | None = None, epochs: int = 3,
+        threads: int = 2, knn_sizes=KNN_SIZES, with_accuracy: bool = False) -> pd.DataFrame:
+    from mmlib.registry import MODELS
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    dataset = baby_dataset(out)
+    log.info("Amazon Baby: %s", dataset.statistics())
+    rows = []
+    for name in models or MODELS.names():
+        row = {"model": name, **_cell(["model", name, str(out), str(epochs), str(threads)])}
+        log.info("%s", row)
+        rows.append(row)
+        pd.DataFrame(rows).to_csv(out / "training.csv", index=False)  # keep what finished
+    knn_rows = []
+    for n in knn_sizes:
+        row = {"items": n, **_cell(["knn", str(n), "384", "10", str(threads)])}
+        log.info("%s", row)
+        knn_rows.append(row)
+        pd.DataFrame(knn_rows).to_csv(out / "knn_graph.csv", index=False)
+    if with_accuracy:
+        accuracy(out, threads)
+    return pd.DataFrame(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mmlib bench training", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out-dir", type=Path, default=Path("outputs/benchmarks"))
+    parser.add_argument("--models", nargs="*", help="default: every registered model")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs timed per model (first is warm-up)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--knn-sizes", type=int, nargs="*", default=list(KNN_SIZES))
+    parser.add_argument("--accuracy", action="store_true", help="also train BPRMF/LightGCN to convergence")
+    parser.add_argument("--cell", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.cell:
+        kind, *rest = args.cell
+        if kind == "model":
+            name, out, epochs, threads = rest
+            row = time_model(name, Path(out), int(epochs), int(threads))
+        else:
+            n, dim, k, threads = map(int, rest)
+            row = time_knn(n, dim, k, threads)
+        print(json.dumps(row))
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    frame = run(args.out_dir, args.models, args.epochs, args.threads, args.knn_sizes, args.accuracy)
+    print(frame.to_string(index=False))
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    sys.exit(main())
