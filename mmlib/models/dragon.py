@@ -1,0 +1,167 @@
+"""DRAGON (Zhou et al., ECAI 2023, "Enhancing Dyadic Relations with Homogeneous Graphs for
+Multimodal Recommendation").
+
+Two homogeneous graphs, both frozen, plus one heterogeneous graph per modality:
+- item-item: FREEDOM's graph, S = sum_m w_m A_m / k from each modality's top-k cosine graph of the
+  raw features (`graph.fused_knn_graph`, cached under the feature hash; weights as FREEDOM's rule);
+- user-user: for every user the `user_k` users sharing the most training items with them (counts
+  from R R^T, computed block by block from sparse products: never a dense users x users matrix),
+  weighted by a softmax of those counts (`co_user_graph`);
+- per modality m, on the symmetric-normalised user-item graph G: item content
+  c_i = MLP_2(leaky_relu(MLP_1(f_i))) (d_m -> 4 factors -> factors), user preference P_u (learned);
+  x = normalize([P; c]) (rows), x_m = x + G x + G^2 x (n_layers = 2 additive rounds).
+Attentive concatenation: item = [x_1,i, ..., x_M,i], user = [a_u1 x_1,u, ..., a_uM x_M,u] with
+per-user softmax weights a_u (learned). Then item += S^n_mm_layers item, user += U user (U the
+user-user graph). x_ui = <user, item>.
+Loss = BPR / ln 2 (the authors' -log2 sigmoid) + l_w * (sum_m mean(P_m[batch users]^2) + mean(L^2)), with L
+the (n_users x M) attention logits behind a_u = softmax(L_u).
+
+Differences from the anchor: users with fewer than `user_k` co-users keep the ones they have (the
+anchor pads the list by drawing duplicates at random, which re-weights them by chance); ties in
+co-interaction count go to the lower user index, so the graph is a deterministic function of the
+training matrix; the graph caches are keyed by the feature hash; the unused modality-dropout edge
+set of the anchor is left out. DRAGON is not in the paper's grid: params/models/DRAGON.yaml gives it
+the paper's pattern (5 lr x 2 l_w) and the authors' grid for the mmrec protocol.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from mmlib.errors import MmlibError
+from mmlib.models import graph
+from mmlib.models.base import Batch, Recommender, TrainData, bpr_loss
+from mmlib.models.freedom import resolve_modality_weights
+from mmlib.registry import MODELS
+
+
+def co_user_graph(train: sp.spmatrix, k: int, block_size: int = 2048) -> sp.csr_matrix:
+    """Users x users sparse matrix: row u holds u's (at most) k users with the most co-interacted
+    items (count > 0, u itself excluded; ties: lower index first), weighted by a softmax over those
+    counts. Computed for `block_size` users at a time from the sparse product R_block R^T."""
+    r = sp.csr_matrix(train, dtype=np.float32)
+    r.data[:] = 1.0
+    rt = r.T.tocsr()
+    n = r.shape[0]
+    out_rows, out_cols, out_vals = [], [], []
+    for start in range(0, n if k > 0 else 0, block_size):
+        counts = (r[start:start + block_size] @ rt).tocoo()
+        row, col, cnt = counts.row.astype(np.int64) + start, counts.col.astype(np.int64), counts.data
+        keep = (row != col) & (cnt > 0)
+        row, col, cnt = row[keep], col[keep], cnt[keep]
+        order = np.lexsort((col, -cnt, row))  # by user, then count descending, then co-user index
+        row, col, cnt = row[order], col[order], cnt[order]
+        first = np.searchsorted(row, row, side="left")  # where each user's run begins
+        top = (np.arange(len(row)) - first) < k
+        row, col, cnt = row[top], col[top], cnt[top].astype(np.float64)
+        # softmax of the counts within each user's run (the run's maximum is its first entry)
+        run_start = np.searchsorted(row, row, side="left")
+        weight = np.exp(cnt - cnt[run_start])
+        total = np.bincount(row - start, weights=weight, minlength=min(block_size, n - start))
+        out_rows.append(row)
+        out_cols.append(col)
+        out_vals.append((weight / total[row - start]).astype(np.float32))
+    cat = (lambda parts, dtype: np.concatenate(parts) if parts else np.zeros(0, dtype))
+    return sp.csr_matrix((cat(out_vals, np.float32), (cat(out_rows, np.int64), cat(out_cols, np.int64))),
+                         shape=(n, n))
+
+
+@MODELS.register("DRAGON")
+class DRAGON(Recommender):
+    modalities_needed = "any"
+
+    @dataclass
+    class Params:
+        factors: int = 64  # per-modality representation size (user preference and item content)
+        l_w: float = 1e-3  # weight of the preference / attention regulariser (authors' best on Baby)
+        n_layers: int = 2  # additive propagation rounds on the user-item graph
+        n_mm_layers: int = 1  # item-item graph layers
+        top_k: int = 10  # neighbours per item in each modality's kNN graph
+        user_k: int = 40  # co-users per user in the user-user graph
+        modality_weights: dict[str, float] | None = None  # None: 0.1/0.9 for visual/textual, else equal
+        modalities: list[str] | None = None  # None: every modality the features have
+
+    def __init__(self, params: Params, data: TrainData):
+        super().__init__(params, data)
+        name = self.registered_name
+        for key in ("factors", "top_k", "user_k"):
+            if getattr(params, key) < 1:
+                raise MmlibError(f"Model {name}: {key} must be >= 1, got {getattr(params, key)}.")
+        features = self.select_features(data, params.modalities)
+        self.modalities = list(features)
+        weights = resolve_modality_weights(name, self.modalities, params.modality_weights)
+        device = data.device
+        self.item_graph = graph.to_torch_sparse(
+            graph.fused_knn_graph(features, weights, params.top_k, data.cache_dir), device)
+        self.user_graph = graph.to_torch_sparse(co_user_graph(data.train, params.user_k), device)
+        self.adj = graph.to_torch_sparse(graph.bipartite_adjacency(data.train), device)
+        for index, modality in enumerate(self.modalities):  # fixed inputs: not in the state dict
+            self.register_buffer(f"feat_{index}", features[modality].float(), persistent=False)
+        hidden = 4 * params.factors
+        self.encoders = nn.ModuleList(
+            nn.Sequential(nn.Linear(features[m].shape[1], hidden), nn.LeakyReLU(), nn.Linear(hidden, params.factors))
+            for m in self.modalities)
+        for encoder in self.encoders:
+            nn.init.xavier_uniform_(encoder[0].weight)
+            nn.init.xavier_uniform_(encoder[2].weight)
+        self.preferences = nn.ParameterList(
+            nn.Parameter(nn.init.xavier_normal_(torch.empty(data.n_users, params.factors)))
+            for _ in self.modalities)
+        self.attention = nn.Parameter(nn.init.xavier_normal_(torch.empty(data.n_users, len(self.modalities))))
+        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _to_device(self, name: str, device: torch.device) -> torch.Tensor:
+        matrix = getattr(self, name)
+        if matrix.device != device:
+            matrix = matrix.to(device)
+            setattr(self, name, matrix)
+        return matrix
+
+    def _embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        device = self.attention.device
+        adj = self._to_device("adj", device)
+        users, items = [], []
+        for index, encoder in enumerate(self.encoders):
+            content = encoder(getattr(self, f"feat_{index}"))
+            x = F.normalize(torch.cat([self.preferences[index], content]), dim=1)
+            total, h = x, x
+            for _ in range(self.params.n_layers):
+                h = torch.sparse.mm(adj, h)
+                total = total + h
+            users.append(total[: self.n_users])
+            items.append(total[self.n_users:])
+        attention = torch.softmax(self.attention, dim=1)
+        user = torch.cat([attention[:, m:m + 1] * users[m] for m in range(len(users))], dim=1)
+        item = torch.cat(items, dim=1)
+        item_graph = self._to_device("item_graph", device)
+        h = item
+        for _ in range(self.params.n_mm_layers):
+            h = torch.sparse.mm(item_graph, h)
+        item = item + h
+        user = user + torch.sparse.mm(self._to_device("user_graph", device), user)
+        return user, item
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        self._cache = None
+        users, items = self._embeddings()
+        # index_select, not fancy indexing: its backward is deterministic on CPU
+        u = users.index_select(0, batch.users)
+        i, j = items.index_select(0, batch.pos), items.index_select(0, batch.neg)
+        ranking = bpr_loss((u * i).sum(-1), (u * j).sum(-1)) / math.log(2.0)
+        reg = sum(pref.index_select(0, batch.users).pow(2).mean() for pref in self.preferences)
+        reg = reg + self.attention.pow(2).mean()
+        return ranking + self.params.l_w * reg
+
+    def on_evaluation_start(self) -> None:
+        self._cache = self._embeddings()
+
+    def score(self, users: torch.Tensor) -> torch.Tensor:
+        all_users, all_items = self._cache if self._cache is not None else self._embeddings()
+        return all_users[users] @ all_items.T
