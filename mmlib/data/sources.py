@@ -1,0 +1,378 @@
+"""Sources: loaders that turn a folder (or a generator) into item, user and interaction frames.
+
+Every loader returns a `SourceData`: frames in the Dataset column layout (before filtering and
+re-indexing; `item`/`user` are already integer codes), the folder that relative image paths are
+relative to, whether the source brings its own split, and a dict for the manifest.
+
+| source              | what it reads                                                    | split    |
+|---------------------|------------------------------------------------------------------|----------|
+| `synthetic`         | nothing: generates the embedded shop (see `mmlib.data.synthetic`) | no       |
+| `elliot_tsv`        | `train.tsv`, `val.tsv`, `test.tsv`: user, item, rating[, timestamp], no header | yes |
+| `mmrec`             | `<name>.inter` (header userID itemID [rating] [timestamp] x_label), or LATTICE-style `train.json`/`val.json`/`test.json` | yes |
+| `movielens_posters` | `ml-latest-small/{ratings,movies,tags}.csv` + `posters/<movieId>.jpg` | no   |
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from mmlib.config import from_mapping
+from mmlib.data.synthetic import SyntheticOptions, generate_synthetic
+from mmlib.errors import MmlibError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SourceData:
+    items: pd.DataFrame  # item (int code), item_id, text, image, has_text, has_image [+ extras]
+    users: pd.DataFrame  # user (int code), user_id [+ extras]
+    interactions: pd.DataFrame  # user, item, rating, timestamp [, split]
+    root: Path | None = None  # folder that relative image paths are relative to
+    has_split: bool = False
+    info: dict = field(default_factory=dict)
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+def _read_table(path: Path, **kwargs) -> pd.DataFrame:
+    """pd.read_csv with errors that name the file; an empty file (or one with a header only) raises."""
+    if not path.is_file():
+        raise MmlibError(f"{path}: file not found; check the dataset `path` and the folder's contents.")
+    if path.stat().st_size == 0:
+        raise MmlibError(f"{path}: the interactions file is empty (0 bytes); supply a non-empty file.")
+    try:
+        frame = pd.read_csv(path, **kwargs)
+    except pd.errors.EmptyDataError as exc:
+        raise MmlibError(f"{path}: the file is empty; supply a non-empty file.") from exc
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+        raise MmlibError(f"{path}: cannot be parsed ({exc}). Check its delimiter and columns.") from exc
+    return frame
+
+
+def _require_rows(frame: pd.DataFrame, path: Path) -> None:
+    if len(frame) == 0:
+        raise MmlibError(f"{path}: the interactions file has 0 rows; supply a non-empty file.")
+
+
+def _numeric(column: pd.Series, path: Path, name: str, dtype) -> np.ndarray:
+    values = pd.to_numeric(column, errors="coerce")
+    bad = values.isna().to_numpy()
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise MmlibError(
+            f"{path}: column {name!r} has a non-numeric value {column.iloc[row]!r} "
+            f"(data row {row + 1}); fix or remove that row."
+        )
+    return values.to_numpy().astype(dtype)
+
+
+def _id_only_items(codes: pd.Index) -> pd.DataFrame:
+    return pd.DataFrame({
+        "item": np.arange(len(codes), dtype=np.int64),
+        "item_id": [str(c) for c in codes],
+        "text": pd.Series([None] * len(codes), dtype=object),
+        "image": pd.Series([None] * len(codes), dtype=object),
+        "has_text": np.zeros(len(codes), dtype=bool),
+        "has_image": np.zeros(len(codes), dtype=bool),
+    })
+
+
+def _users(codes: pd.Index) -> pd.DataFrame:
+    return pd.DataFrame({"user": np.arange(len(codes), dtype=np.int64), "user_id": [str(c) for c in codes]})
+
+
+def _from_raw(raw: pd.DataFrame, info: dict, has_split: bool) -> SourceData:
+    """raw has string columns user_id, item_id and numeric rating, timestamp [, split]."""
+    u_codes, u_index = pd.factorize(raw["user_id"])
+    i_codes, i_index = pd.factorize(raw["item_id"])
+    inter = pd.DataFrame({
+        "user": u_codes.astype(np.int64),
+        "item": i_codes.astype(np.int64),
+        "rating": raw["rating"].to_numpy(np.float32),
+        "timestamp": raw["timestamp"].to_numpy(np.int64),
+    })
+    if has_split:
+        inter["split"] = raw["split"].to_numpy()
+    return SourceData(_id_only_items(i_index), _users(u_index), inter, None, has_split, info)
+
+
+# -- synthetic -------------------------------------------------------------------------------------
+
+
+def load_synthetic(path: Path | None, options: dict, work_dir: Path) -> SourceData:
+    opt = SyntheticOptions.from_options(options, "dataset.options (synthetic)")
+    items, users, inter, info = generate_synthetic(work_dir, opt)
+    return SourceData(items, users, inter, Path(work_dir), False, info)
+
+
+# -- elliot_tsv ------------------------------------------------------------------------------------
+
+
+@dataclass
+class ElliotTsvOptions:
+    """Options of `elliot_tsv`: the three file names inside the folder."""
+
+    train: str = "train.tsv"
+    val: str = "val.tsv"
+    test: str = "test.tsv"
+
+
+def load_elliot_tsv(path: Path, options: dict, work_dir: Path | None = None) -> SourceData:
+    opt = from_mapping(ElliotTsvOptions, options or {}, "dataset.options (elliot_tsv)")
+    parts = []
+    for split, name in (("train", opt.train), ("val", opt.val), ("test", opt.test)):
+        file = Path(path) / name
+        frame = _read_table(file, sep="\t", header=None, dtype=str, keep_default_na=False)
+        _require_rows(frame, file)
+        if frame.shape[1] not in (3, 4):
+            raise MmlibError(
+                f"{file}: expected 3 or 4 tab-separated columns (user, item, rating[, timestamp]) "
+                f"without a header, found {frame.shape[1]}."
+            )
+        part = pd.DataFrame({
+            "user_id": frame[0].to_numpy(),
+            "item_id": frame[1].to_numpy(),
+            "rating": _numeric(frame[2], file, "rating (column 3)", np.float32),
+            "timestamp": (_numeric(frame[3], file, "timestamp (column 4)", np.float64).astype(np.int64)
+                          if frame.shape[1] == 4 else np.zeros(len(frame), np.int64)),
+            "split": split,
+        })
+        parts.append(part)
+    raw = pd.concat(parts, ignore_index=True)
+    info = {"files": [opt.train, opt.val, opt.test], "rows": {p["split"].iat[0]: len(p) for p in parts}}
+    return _from_raw(raw, info, has_split=True)
+
+
+# -- mmrec -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class MmrecOptions:
+    """Options of `mmrec`: which `.inter` file (needed when the folder holds several)."""
+
+    inter: str | None = None
+
+
+X_LABELS = {0: "train", 1: "val", 2: "test"}
+
+
+def _mmrec_inter(file: Path) -> SourceData:
+    frame = _read_table(file, sep="\t", dtype=str, keep_default_na=False)
+    _require_rows(frame, file)
+    missing = [c for c in ("userID", "itemID", "x_label") if c not in frame.columns]
+    if missing:
+        raise MmlibError(
+            f"{file}: missing column(s) {missing}; an MMRec .inter file has the header "
+            f"userID, itemID[, rating][, timestamp], x_label (found {list(frame.columns)})."
+        )
+    labels = _numeric(frame["x_label"], file, "x_label", np.int64)
+    bad = ~np.isin(labels, list(X_LABELS))
+    if bad.any():
+        raise MmlibError(f"{file}: x_label must be 0 (train), 1 (val) or 2 (test); found {labels[bad][0]}.")
+    raw = pd.DataFrame({
+        "user_id": frame["userID"].to_numpy(),
+        "item_id": frame["itemID"].to_numpy(),
+        "rating": (_numeric(frame["rating"], file, "rating", np.float32) if "rating" in frame
+                   else np.ones(len(frame), np.float32)),
+        "timestamp": (_numeric(frame["timestamp"], file, "timestamp", np.float64).astype(np.int64)
+                      if "timestamp" in frame else np.zeros(len(frame), np.int64)),
+        "split": np.array([X_LABELS[x] for x in range(3)], dtype=object)[labels],
+    })
+    info = {"format": "inter", "file": file.name, "rows": {s: int((raw["split"] == s).sum()) for s in X_LABELS.values()}}
+    return _from_raw(raw, info, has_split=True)
+
+
+def _mmrec_json(folder: Path) -> SourceData:
+    def inverse(name: str) -> dict[int, str] | None:
+        file = folder / name
+        if not file.is_file():
+            return None
+        try:
+            mapping = json.loads(file.read_text())
+        except json.JSONDecodeError as exc:
+            raise MmlibError(f"{file}: malformed JSON ({exc}).") from exc
+        return {int(v): str(k) for k, v in mapping.items()}
+
+    items_map, users_map = inverse("item2id.json"), inverse("user2id.json")
+    parts = []
+    for split in ("train", "val", "test"):
+        file = folder / f"{split}.json"
+        if not file.is_file():
+            raise MmlibError(f"{file}: file not found; the JSON layout needs train.json, val.json and test.json.")
+        if file.stat().st_size == 0:
+            raise MmlibError(f"{file}: the interactions file is empty (0 bytes); supply a non-empty file.")
+        try:
+            data = json.loads(file.read_text())
+        except json.JSONDecodeError as exc:
+            raise MmlibError(f"{file}: malformed JSON ({exc}).") from exc
+        if not isinstance(data, dict):
+            raise MmlibError(f"{file}: expected an object {{user: [items]}}, got {type(data).__name__}.")
+        users = np.repeat(np.array([int(u) for u in data], dtype=np.int64), [len(v) for v in data.values()])
+        items = np.fromiter((int(i) for v in data.values() for i in v), dtype=np.int64, count=len(users))
+        if len(users) == 0:
+            raise MmlibError(f"{file}: the interactions file has 0 interactions; supply a non-empty file.")
+        parts.append(pd.DataFrame({"u": users, "i": items, "split": split}))
+    raw = pd.concat(parts, ignore_index=True)
+    # keep the source's integer numbering as the item/user order
+    item_ints = np.unique(raw["i"].to_numpy())
+    user_ints = np.unique(raw["u"].to_numpy())
+    item_ids = [items_map.get(int(i), str(i)) if items_map else str(i) for i in item_ints]
+    user_ids = [users_map.get(int(u), str(u)) if users_map else str(u) for u in user_ints]
+    inter = pd.DataFrame({
+        "user": np.searchsorted(user_ints, raw["u"].to_numpy()).astype(np.int64),
+        "item": np.searchsorted(item_ints, raw["i"].to_numpy()).astype(np.int64),
+        "rating": np.ones(len(raw), np.float32),
+        "timestamp": np.zeros(len(raw), np.int64),
+        "split": raw["split"].to_numpy(),
+    })
+    items = _id_only_items(pd.Index(item_ids))
+    users = _users(pd.Index(user_ids))
+    info = {"format": "json", "files": ["train.json", "val.json", "test.json"],
+            "rows": {p["split"].iat[0]: len(p) for p in parts}, "id_maps": bool(items_map and users_map)}
+    return SourceData(items, users, inter, None, True, info)
+
+
+def load_mmrec(path: Path, options: dict, work_dir: Path | None = None) -> SourceData:
+    opt = from_mapping(MmrecOptions, options or {}, "dataset.options (mmrec)")
+    folder = Path(path)
+    if opt.inter is not None:
+        return _mmrec_inter(folder / opt.inter)
+    inters = sorted(folder.glob("*.inter"))
+    if len(inters) == 1:
+        return _mmrec_inter(inters[0])
+    if len(inters) > 1:
+        raise MmlibError(
+            f"{folder}: holds several .inter files ({', '.join(p.name for p in inters)}); "
+            "choose one with dataset.options.inter."
+        )
+    if (folder / "train.json").is_file():
+        return _mmrec_json(folder)
+    raise MmlibError(f"{folder}: no .inter file and no train/val/test.json; is this an MMRec dataset folder?")
+
+
+# -- movielens_posters -----------------------------------------------------------------------------
+
+
+@dataclass
+class MovielensOptions:
+    """Options of `movielens_posters`: include user tags in the item text."""
+
+    tags: bool = True
+
+
+def load_movielens_posters(path: Path, options: dict, work_dir: Path | None = None) -> SourceData:
+    opt = from_mapping(MovielensOptions, options or {}, "dataset.options (movielens_posters)")
+    folder = Path(path)
+    csv_dir = folder / "ml-latest-small" if (folder / "ml-latest-small").is_dir() else folder
+    poster_dir = folder / "posters"
+    ratings_file = csv_dir / "ratings.csv"
+    ratings = _read_table(ratings_file, dtype={"userId": str, "movieId": str})
+    _require_rows(ratings, ratings_file)
+    for col in ("userId", "movieId", "rating", "timestamp"):
+        if col not in ratings.columns:
+            raise MmlibError(f"{ratings_file}: missing column {col!r} (found {list(ratings.columns)}).")
+    movies_file = csv_dir / "movies.csv"
+    movies = _read_table(movies_file, dtype=str, keep_default_na=False)
+    movies = movies.set_index("movieId")
+
+    raw = pd.DataFrame({
+        "user_id": ratings["userId"].to_numpy(),
+        "item_id": ratings["movieId"].to_numpy(),
+        "rating": _numeric(ratings["rating"], ratings_file, "rating", np.float32),
+        "timestamp": _numeric(ratings["timestamp"], ratings_file, "timestamp", np.int64),
+    })
+    # users in order of first appearance; items (rated movies) in numeric movieId order
+    u_codes, u_index = pd.factorize(raw["user_id"])
+    movie_ids = sorted(raw["item_id"].unique(), key=int)
+    item_of = pd.Series(np.arange(len(movie_ids), dtype=np.int64), index=movie_ids)
+    unknown = sorted(set(movie_ids) - set(movies.index), key=int)
+    if unknown:
+        raise MmlibError(f"{ratings_file}: movieIds {unknown[:5]} are rated but absent from {movies_file}.")
+
+    tags: dict[str, list[str]] = {}
+    tags_file = csv_dir / "tags.csv"
+    if opt.tags and tags_file.is_file():
+        tag_frame = _read_table(tags_file, dtype=str, keep_default_na=False)
+        for movie, tag in zip(tag_frame["movieId"], tag_frame["tag"]):
+            seen = tags.setdefault(movie, [])
+            if tag.strip() and tag.strip().lower() not in (t.lower() for t in seen):
+                seen.append(tag.strip())
+
+    texts, images = [], []
+    for movie in movie_ids:
+        title, genres = movies.at[movie, "title"], movies.at[movie, "genres"]
+        parts = [title.strip() + "."]
+        genre_list = [g for g in genres.split("|") if g and g != "(no genres listed)"]
+        if genre_list:
+            parts.append("Genres: " + ", ".join(genre_list) + ".")
+        if tags.get(movie):
+            parts.append("Tags: " + ", ".join(tags[movie]) + ".")
+        texts.append(" ".join(parts))
+        poster = poster_dir / f"{movie}.jpg"
+        images.append(str(poster.resolve()) if poster.is_file() else None)
+
+    items = pd.DataFrame({
+        "item": np.arange(len(movie_ids), dtype=np.int64),
+        "item_id": movie_ids,
+        "text": texts,
+        "image": pd.Series(images, dtype=object),
+        "has_text": [bool(t.strip()) for t in texts],
+        "has_image": [p is not None for p in images],
+    })
+    inter = pd.DataFrame({
+        "user": u_codes.astype(np.int64),
+        "item": item_of.reindex(raw["item_id"].to_numpy()).to_numpy(),
+        "rating": raw["rating"].to_numpy(),
+        "timestamp": raw["timestamp"].to_numpy(),
+    })
+    info = {
+        "files": ["ml-latest-small/ratings.csv", "ml-latest-small/movies.csv", "ml-latest-small/tags.csv", "posters/"],
+        "options": asdict(opt),
+        "rated_movies": len(movie_ids),
+        "rated_movies_with_poster": int(items["has_image"].sum()),
+        "text": "title. Genres: g1, g2. Tags: t1, t2." if opt.tags else "title. Genres: g1, g2.",
+    }
+    return SourceData(items, _users(u_index), inter, None, False, info)
+
+
+# -- registry --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    loader: Callable[..., SourceData]
+    needs_path: bool
+    provides_split: bool
+    options: type  # dataclass that validates `options`
+
+
+SOURCES: dict[str, SourceInfo] = {
+    "synthetic": SourceInfo(load_synthetic, False, False, SyntheticOptions),
+    "elliot_tsv": SourceInfo(load_elliot_tsv, True, True, ElliotTsvOptions),
+    "mmrec": SourceInfo(load_mmrec, True, True, MmrecOptions),
+    "movielens_posters": SourceInfo(load_movielens_posters, True, False, MovielensOptions),
+}
+
+
+def source_info(name: str, where: str = "dataset.source") -> SourceInfo:
+    if name not in SOURCES:
+        import difflib
+
+        close = difflib.get_close_matches(str(name), SOURCES, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise MmlibError(f"{where}: unknown source {name!r}.{hint} Known sources: {', '.join(SOURCES)}.")
+    return SOURCES[name]
+
+
+def options_class(name: str) -> type:
+    """The dataclass that validates the `options` of source `name`."""
+    return source_info(name).options
