@@ -48,6 +48,7 @@ class TrainSpec:
     graded_ndcg: bool = False  # Elliot computes nDCG with gains 2^(rating+1)-1
     seed: int = 123
     device: str = "cpu"  # "cpu", "cuda", or "auto"
+    threads: int | None = None  # torch intra-op threads on CPU; None: torch's default (all cores)
     eval_chunk: int = 2048  # users scored at once
 
     def __post_init__(self):
@@ -190,6 +191,8 @@ def fit(model_cls: type[Recommender], params, spec: TrainSpec, data: TrainData,
         val: sp.csr_matrix, label: str = "") -> FitResult:
     """Train one configuration; keep the state of the epoch with the best validation metric."""
     result = FitResult(config={**dataclasses.asdict(params), "lr": spec.lr})
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
     generator = seed_everything(spec.seed)
     model = model_cls(params, data).to(data.device)
     metric_name, _ = parse_metric(spec.validation_metric)

@@ -4,9 +4,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.sparse as sp
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch a model hub
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Test problems are tiny: intra-op parallelism only adds synchronisation (and collapses on a
+# loaded machine), so the suite runs torch on one thread. Benchmarks set their own.
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parent.parent
 

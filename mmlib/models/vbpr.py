@@ -46,7 +46,9 @@ class VBPR(Recommender):
     def loss(self, batch: Batch) -> torch.Tensor:
         gu, gi, gj = self.user_emb(batch.users), self.item_emb(batch.pos), self.item_emb(batch.neg)
         tu = self.user_theta(batch.users)
-        ci, cj = self.item_content(batch.pos), self.item_content(batch.neg)
+        # Project each distinct item of the batch once (on small catalogues, far fewer rows).
+        items, where = torch.unique(torch.cat([batch.pos, batch.neg]), return_inverse=True)
+        ci, cj = self.item_content(items)[where].split(len(batch.pos))
         pos = (gu * gi).sum(-1) + (tu * ci).sum(-1)
         neg = (gu * gj).sum(-1) + (tu * cj).sum(-1)
         return bpr_loss(pos, neg) + self.params.l_w * l2_penalty(gu, gi, gj, tu, ci, cj)
