@@ -91,14 +91,13 @@ def knn_graph(features: torch.Tensor, k: int, block_size: int = 1024,
         if path.is_file():
             log.info("reusing kNN graph %s", path)
             return sp.load_npz(path).tocsr()
-    x = features.detach().float()
-    norms = x.norm(dim=1).clamp_min(1e-12)
-    neighbours = torch.empty((n, k), dtype=torch.long)
     with torch.inference_mode():
+        # Unit rows once (one N x d copy), then one block x N temporary per step.
+        x = torch.nn.functional.normalize(features.detach().float(), dim=1)
+        neighbours = torch.empty((n, k), dtype=torch.long)
         for start in range(0, n, block_size):
             stop = min(start + block_size, n)
-            sims = (x[start:stop] @ x.T) / (norms[start:stop, None] * norms[None, :])
-            neighbours[start:stop] = sims.topk(k, dim=1).indices.cpu()
+            neighbours[start:stop] = (x[start:stop] @ x.T).topk(k, dim=1).indices.cpu()
     rows = np.repeat(np.arange(n), k)
     graph = sp.csr_matrix((np.ones(n * k, np.float32), (rows, neighbours.numpy().ravel())), shape=(n, n))
     if path is not None:

@@ -1,0 +1,89 @@
+"""LightGCN (He et al., SIGIR 2020): linear propagation of ID embeddings on the user-item graph.
+
+E^(l+1) = Â E^(l) with Â = D^-1/2 A D^-1/2 the normalised bipartite adjacency (no self-loops, no
+weights, no non-linearity); the final embedding is the mean of E^(0..L); x_ui = <e_u, e_i>.
+Loss = BPR + l_w * 0.5 * ||(e_u^(0), e_i^(0), e_j^(0))||^2 / batch: the L2 term is on the *ego*
+(layer-0) embeddings of the batch, as in the paper. Xavier initialisation (as the paper states).
+
+The propagated embeddings are computed once per training step and, for evaluation, once per
+full-ranking pass (`on_evaluation_start`), then reused by every block of users; the cache is
+dropped as soon as training resumes. SGL and SimGCL extend this class.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mmlib.errors import MmlibError
+from mmlib.models.base import Batch, Recommender, TrainData, bpr_loss, l2_penalty
+from mmlib.models.graph import SparsePattern, bipartite_adjacency, propagate
+from mmlib.registry import MODELS
+
+
+@MODELS.register("LightGCN")
+class LightGCN(Recommender):
+    @dataclass
+    class Params:
+        factors: int = 64  # embedding size
+        n_layers: int = 3  # propagation layers (0 = matrix factorisation)
+        l_w: float = 1e-5  # L2 weight on the batch's ego embeddings (paper grid {1e-5, 1e-2})
+
+    def __init__(self, params: Params, data: TrainData):
+        super().__init__(params, data)
+        self.check_params(params)
+        self.user_emb = nn.Embedding(data.n_users, params.factors)
+        self.item_emb = nn.Embedding(data.n_items, params.factors)
+        nn.init.xavier_uniform_(self.user_emb.weight)
+        nn.init.xavier_uniform_(self.item_emb.weight)
+        # Derived from the training matrix: moves with the model, not part of the saved state.
+        self.adj = SparsePattern(bipartite_adjacency(data.train), data.device)
+        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def check_params(self, params) -> None:
+        name = type(self).registered_name
+        if params.factors < 1 or params.n_layers < 0 or params.l_w < 0:
+            raise MmlibError(f"{name}: factors ({params.factors}) must be positive, n_layers "
+                             f"({params.n_layers}) and l_w ({params.l_w}) non-negative.")
+
+    # -- embeddings ------------------------------------------------------------------------------
+    def ego(self) -> torch.Tensor:
+        return torch.cat([self.user_emb.weight, self.item_emb.weight])
+
+    def split(self, nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return nodes[: self.n_users], nodes[self.n_users:]
+
+    def embeddings(self, adj: SparsePattern | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final (user, item) embeddings propagated on `adj` (default: the full training graph)."""
+        return self.split(propagate(self.adj if adj is None else adj, self.ego(), self.params.n_layers))
+
+    # -- the contract ----------------------------------------------------------------------------
+    def ranking_loss(self, batch: Batch, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """BPR on the propagated embeddings + l_w * L2 on the batch's ego embeddings."""
+        u, i, j = users[batch.users], items[batch.pos], items[batch.neg]
+        ranking = bpr_loss((u * i).sum(-1), (u * j).sum(-1))
+        ego = (self.user_emb(batch.users), self.item_emb(batch.pos), self.item_emb(batch.neg))
+        return ranking + self.params.l_w * l2_penalty(*ego)
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        self._cache = None
+        return self.ranking_loss(batch, *self.embeddings())
+
+    def on_evaluation_start(self) -> None:
+        self._cache = self.embeddings()
+
+    def score(self, users: torch.Tensor) -> torch.Tensor:
+        all_users, all_items = self._cache if self._cache is not None else self.embeddings()
+        return all_users[users] @ all_items.T
+
+    # -- cache hygiene ---------------------------------------------------------------------------
+    def train(self, mode: bool = True):
+        if mode:
+            self._cache = None
+        return super().train(mode)
+
+    def load_state_dict(self, *args, **kwargs):
+        self._cache = None
+        return super().load_state_dict(*args, **kwargs)

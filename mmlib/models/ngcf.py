@@ -1,0 +1,104 @@
+"""NGCF (Wang et al., SIGIR 2019): neural graph collaborative filtering.
+
+Layer l (the paper's matrix form, L = D^-1/2 A D^-1/2 the normalised bipartite Laplacian):
+    E^(l) = LeakyReLU( ((L + I) E^(l-1)) W1 + b1 + ((L E^(l-1)) ⊙ E^(l-1)) W2 + b2 ),
+with message dropout on every layer's output (rate message_dropout) and node dropout on L during
+training (each step, every node's outgoing messages are dropped w.p. node_dropout, survivors scaled
+by 1/(1 - p)). The final representation is the concatenation e* = e^(0) || e^(1) || ... || e^(L)
+(64 * (1 + 3) = 256 dims by default), each propagated layer L2-normalised first as the authors'
+released implementation does; x_ui = <e*_u, e*_i>. LeakyReLU slope 0.2.
+
+Loss = BPR + l_w * 0.5 * ||(e_u^(0), e_i^(0), e_j^(0))||^2 / batch: the L2 term acts on the batch's
+ego embeddings (the parameters a step touches), as for BPRMF and LightGCN here, rather than on the
+whole parameter set (paper) or the final embeddings (authors' code). Defaults are the paper's Elliot
+configuration: 3 layers, weight_size 64, node and message dropout 0.1. Scores never use dropout.
+Unlike NGCF-M in the paper's code (mean of layers, D^-1(A+I)), this is the original NGCF.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mmlib.errors import MmlibError
+from mmlib.models.base import Batch, Recommender, TrainData, bpr_loss, l2_penalty
+from mmlib.models.graph import SparsePattern, bipartite_adjacency
+from mmlib.registry import MODELS
+
+
+@MODELS.register("NGCF")
+class NGCF(Recommender):
+    @dataclass
+    class Params:
+        factors: int = 64  # ego embedding size
+        n_layers: int = 3  # propagation layers
+        weight_size: int = 64  # output size of every propagation layer
+        node_dropout: float = 0.1  # share of nodes whose messages are dropped in a training step
+        message_dropout: float = 0.1  # dropout on every layer's output during training
+        l_w: float = 1e-5  # L2 weight on the batch's ego embeddings (paper grid {1e-5, 1e-2})
+
+    def __init__(self, params: Params, data: TrainData):
+        super().__init__(params, data)
+        if params.factors < 1 or params.weight_size < 1 or params.n_layers < 0 or params.l_w < 0:
+            raise MmlibError(f"NGCF: factors ({params.factors}) and weight_size ({params.weight_size}) "
+                             f"must be positive, n_layers ({params.n_layers}) and l_w ({params.l_w}) "
+                             f"non-negative.")
+        for name in ("node_dropout", "message_dropout"):
+            if not 0 <= getattr(params, name) < 1:
+                raise MmlibError(f"NGCF: {name} must be in [0, 1), got {getattr(params, name)}.")
+        self.user_emb = nn.Embedding(data.n_users, params.factors)
+        self.item_emb = nn.Embedding(data.n_items, params.factors)
+        sizes = [params.factors] + [params.weight_size] * params.n_layers
+        self.w_sum = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.w_bi = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        for weight in [self.user_emb.weight, self.item_emb.weight,
+                       *(m.weight for m in (*self.w_sum, *self.w_bi))]:
+            nn.init.xavier_uniform_(weight)
+        for module in (*self.w_sum, *self.w_bi):
+            nn.init.zeros_(module.bias)
+        self.adj = SparsePattern(bipartite_adjacency(data.train), data.device)  # not saved: derived
+        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def embeddings(self, dropout: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final (user, item) representations; `dropout` only in training steps."""
+        nodes = torch.cat([self.user_emb.weight, self.item_emb.weight])
+        keep = None
+        if dropout and self.params.node_dropout > 0:
+            # Node dropout: L diag(keep) drops a node's outgoing messages (its column of L);
+            # applied as a row mask on the messages, so L itself is never rebuilt.
+            p = self.params.node_dropout
+            keep = ((torch.rand(len(nodes), 1, device=nodes.device) >= p).to(nodes.dtype) / (1 - p))
+        outputs = [nodes]
+        for w_sum, w_bi in zip(self.w_sum, self.w_bi):
+            side = self.adj.aggregate(nodes if keep is None else nodes * keep)
+            nodes = nn.functional.leaky_relu(w_sum(side + nodes) + w_bi(side * nodes), 0.2)
+            nodes = nn.functional.dropout(nodes, self.params.message_dropout, training=dropout)
+            outputs.append(nn.functional.normalize(nodes, dim=1))
+        final = torch.cat(outputs, dim=1)
+        return final[: self.n_users], final[self.n_users:]
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        self._cache = None
+        users, items = self.embeddings(dropout=self.training)
+        u, i, j = users[batch.users], items[batch.pos], items[batch.neg]
+        ranking = bpr_loss((u * i).sum(-1), (u * j).sum(-1))
+        ego = (self.user_emb(batch.users), self.item_emb(batch.pos), self.item_emb(batch.neg))
+        return ranking + self.params.l_w * l2_penalty(*ego)
+
+    def on_evaluation_start(self) -> None:
+        self._cache = self.embeddings(dropout=False)
+
+    def score(self, users: torch.Tensor) -> torch.Tensor:
+        all_users, all_items = self._cache if self._cache is not None else self.embeddings(dropout=False)
+        return all_users[users] @ all_items.T
+
+    def train(self, mode: bool = True):
+        if mode:
+            self._cache = None
+        return super().train(mode)
+
+    def load_state_dict(self, *args, **kwargs):
+        self._cache = None
+        return super().load_state_dict(*args, **kwargs)
