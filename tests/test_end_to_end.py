@@ -22,7 +22,7 @@ def make_study(tmp_path: Path, **changes) -> Path:
     study["outputs"] = str(tmp_path / "outputs")
     study.update(changes)
     path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump(study))
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
     return path
 
 

@@ -23,7 +23,7 @@ def write_study(tmp_path: Path, **changes) -> Path:
         else:
             node[last] = value
     path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump(study))
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
     return path
 
 
