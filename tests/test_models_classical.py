@@ -103,13 +103,13 @@ def test_evaluation_cache_is_used_then_dropped_when_training_resumes():
         model.eval()
         with torch.inference_mode():
             model.on_evaluation_start()
-            assert model._cache is not None
+            assert model._scoring_cache is not None
             torch.testing.assert_close(model.score(torch.arange(3)), fresh)
         model.train()
-        assert model._cache is None
+        assert model._scoring_cache is None
         model.on_evaluation_start()
-        model.loss(Batch(torch.tensor([0, 1]), torch.tensor([0, 2]), torch.tensor([3, 0])))
-        assert model._cache is None
+        model.load_state_dict(model.state_dict())  # new weights: the cache must go
+        assert model._scoring_cache is None
 
 
 # ItemKNN on a hand-made matrix. Item columns (users): i0 {u0,u1}, i1 {u0,u1}, i2 {u1,u2}, i3 {u2}.

@@ -65,6 +65,7 @@ class Recommender(nn.Module):
         self.params = params
         self.n_users = data.n_users
         self.n_items = data.n_items
+        self._scoring_cache = None
 
     # -- the contract ----------------------------------------------------------------------------
     def loss(self, batch: Batch) -> torch.Tensor:
@@ -77,9 +78,26 @@ class Recommender(nn.Module):
     def on_epoch_start(self, epoch: int) -> None:
         """Optional per-epoch hook (e.g. a graph rebuilt from the current embeddings)."""
 
+    def scoring_state(self):
+        """Optional: what scoring every block of users shares (e.g. propagated graph embeddings).
+        It is computed once per full-ranking pass, under inference mode, and `score` reads it with
+        `self.shared_scoring_state()`; the cache is dropped whenever training resumes."""
+        return None
+
+    def shared_scoring_state(self):
+        return self.scoring_state() if self._scoring_cache is None else self._scoring_cache
+
     def on_evaluation_start(self) -> None:
-        """Optional hook before a full-ranking pass (under inference mode): compute once what every
-        block of users shares, e.g. propagated graph embeddings, instead of once per block."""
+        """Called by the trainer before a full-ranking pass."""
+        self._scoring_cache = self.scoring_state()
+
+    def train(self, mode: bool = True):
+        self._scoring_cache = None  # parameters are about to change (or were just evaluated)
+        return super().train(mode)
+
+    def load_state_dict(self, *args, **kwargs):
+        self._scoring_cache = None
+        return super().load_state_dict(*args, **kwargs)
 
     # -- helpers for subclasses --------------------------------------------------------------------
     @classmethod

@@ -74,7 +74,6 @@ class BM3(Recommender):
         nn.init.xavier_uniform_(self.predictor.weight)
         for projection in self.projections:
             nn.init.xavier_uniform_(projection.weight)
-        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _online(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.adj.device != self.user_emb.weight.device:
@@ -84,7 +83,6 @@ class BM3(Recommender):
         return users, items + self.item_emb.weight
 
     def loss(self, batch: Batch) -> torch.Tensor:
-        self._cache = None
         p = self.params
         users, items = self._online()
         u, i = users.index_select(0, batch.users), items.index_select(0, batch.pos)
@@ -106,9 +104,9 @@ class BM3(Recommender):
         users, items = self._online()
         return self.predictor(users), self.predictor(items)
 
-    def on_evaluation_start(self) -> None:
-        self._cache = self._scoring_embeddings()
+    def scoring_state(self):
+        return self._scoring_embeddings()
 
     def score(self, users: torch.Tensor) -> torch.Tensor:
-        all_users, all_items = self._cache if self._cache is not None else self._scoring_embeddings()
+        all_users, all_items = self.shared_scoring_state()
         return all_users[users] @ all_items.T

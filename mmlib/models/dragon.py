@@ -115,7 +115,6 @@ class DRAGON(Recommender):
             nn.Parameter(nn.init.xavier_normal_(torch.empty(data.n_users, params.factors)))
             for _ in self.modalities)
         self.attention = nn.Parameter(nn.init.xavier_normal_(torch.empty(data.n_users, len(self.modalities))))
-        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _to_device(self, name: str, device: torch.device) -> torch.Tensor:
         matrix = getattr(self, name)
@@ -149,7 +148,6 @@ class DRAGON(Recommender):
         return user, item
 
     def loss(self, batch: Batch) -> torch.Tensor:
-        self._cache = None
         users, items = self._embeddings()
         # index_select, not fancy indexing: its backward is deterministic on CPU
         u = users.index_select(0, batch.users)
@@ -159,9 +157,9 @@ class DRAGON(Recommender):
         reg = reg + self.attention.pow(2).mean()
         return ranking + self.params.l_w * reg
 
-    def on_evaluation_start(self) -> None:
-        self._cache = self._embeddings()
+    def scoring_state(self):
+        return self._embeddings()
 
     def score(self, users: torch.Tensor) -> torch.Tensor:
-        all_users, all_items = self._cache if self._cache is not None else self._embeddings()
+        all_users, all_items = self.shared_scoring_state()
         return all_users[users] @ all_items.T

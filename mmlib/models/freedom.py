@@ -123,7 +123,6 @@ class FREEDOM(Recommender):
         self.item_emb = nn.Embedding(data.n_items, params.factors)
         nn.init.xavier_uniform_(self.user_emb.weight)
         nn.init.xavier_uniform_(self.item_emb.weight)
-        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _features(self) -> list[torch.Tensor]:
         return [getattr(self, f"feat_{i}") for i in range(len(self.modalities))]
@@ -149,11 +148,9 @@ class FREEDOM(Recommender):
         self.train_adj = graph.to_torch_sparse(adj, self.user_emb.weight.device)
 
     def on_epoch_start(self, epoch: int) -> None:
-        self._cache = None
         self._resample_edges()
 
     def loss(self, batch: Batch) -> torch.Tensor:
-        self._cache = None
         if self.train_adj is None:
             self._resample_edges()
         users, items = self._embeddings(self.train_adj)
@@ -168,9 +165,9 @@ class FREEDOM(Recommender):
             auxiliary = auxiliary + bpr_loss(margin, torch.zeros_like(margin))
         return ranking + self.params.l_w * auxiliary
 
-    def on_evaluation_start(self) -> None:
-        self._cache = self._embeddings(self.full_adj)
+    def scoring_state(self):
+        return self._embeddings(self.full_adj)
 
     def score(self, users: torch.Tensor) -> torch.Tensor:
-        all_users, all_items = self._cache if self._cache is not None else self._embeddings(self.full_adj)
+        all_users, all_items = self.shared_scoring_state()
         return all_users[users] @ all_items.T

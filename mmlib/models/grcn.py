@@ -94,7 +94,6 @@ class GRCN(Recommender):
         self.register_buffer("degree", degree.to(data.device), persistent=False)
         # Source node of every ID-graph entry (for the confidences): items for user rows, users for item rows.
         self.register_buffer("sources", self.id_graph.cols.clone(), persistent=False)
-        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # -- graph refining ------------------------------------------------------------------------------
     def refine(self, index: int) -> dict[str, torch.Tensor]:
@@ -154,20 +153,10 @@ class GRCN(Recommender):
         return torch.cat(user_parts, dim=1), torch.cat(item_parts, dim=1)
 
     # -- contract ------------------------------------------------------------------------------------
-    def train(self, mode: bool = True):
-        if mode:  # training resumes: cached propagations would go stale
-            self._cache = None
-        return super().train(mode)
-
-    def load_state_dict(self, *args, **kwargs):
-        self._cache = None
-        return super().load_state_dict(*args, **kwargs)
-
-    def on_evaluation_start(self) -> None:
-        self._cache = self.forward_all()
+    def scoring_state(self):
+        return self.forward_all()
 
     def loss(self, batch: Batch) -> torch.Tensor:
-        self._cache = None
         users, items = self.forward_all()
         gu, gi, gj = users[batch.users], items[batch.pos], items[batch.neg]
         ranking = bpr_loss((gu * gi).sum(-1), (gu * gj).sum(-1))
@@ -176,5 +165,5 @@ class GRCN(Recommender):
         return ranking + self.params.l_w * reg
 
     def score(self, users: torch.Tensor) -> torch.Tensor:
-        all_users, all_items = self._cache if self._cache is not None else self.forward_all()
+        all_users, all_items = self.shared_scoring_state()
         return all_users[users] @ all_items.T

@@ -127,7 +127,6 @@ class LATTICE(Recommender):
                              torch.zeros((len(self.modalities), data.n_items, self.k), dtype=torch.long))
         self.rebuild_learned_graph()
         self._learned_weights: list[torch.Tensor] | None = None  # this epoch's (detached) weights
-        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # -- the item-item graphs --------------------------------------------------------------------
     def _features(self, index: int) -> torch.Tensor:
@@ -176,12 +175,10 @@ class LATTICE(Recommender):
 
     # -- the contract ----------------------------------------------------------------------------
     def on_epoch_start(self, epoch: int) -> None:
-        self._cache = None
         self._learned_weights = None
         self.rebuild_learned_graph()
 
     def loss(self, batch: Batch) -> torch.Tensor:
-        self._cache = None
         if self._learned_weights is None:  # first batch of the epoch: the projections learn here
             weights = self.learned_weights()
             self._learned_weights = [w.detach() for w in weights]
@@ -193,9 +190,9 @@ class LATTICE(Recommender):
         i, j = items.index_select(0, batch.pos), items.index_select(0, batch.neg)
         return bpr_loss((u * i).sum(-1), (u * j).sum(-1)) + self.params.l_w * l2_penalty(u, i, j)
 
-    def on_evaluation_start(self) -> None:
-        self._cache = self._embeddings(self.learned_weights())
+    def scoring_state(self):
+        return self._embeddings(self.learned_weights())
 
     def score(self, users: torch.Tensor) -> torch.Tensor:
-        all_users, all_items = self._cache if self._cache is not None else self._embeddings(self.learned_weights())
+        all_users, all_items = self.shared_scoring_state()
         return all_users[users] @ all_items.T

@@ -40,7 +40,6 @@ class LightGCN(Recommender):
         nn.init.xavier_uniform_(self.item_emb.weight)
         # Derived from the training matrix: moves with the model, not part of the saved state.
         self.adj = SparsePattern(bipartite_adjacency(data.train), data.device)
-        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def check_params(self, params) -> None:
         name = type(self).registered_name
@@ -68,22 +67,11 @@ class LightGCN(Recommender):
         return ranking + self.params.l_w * l2_penalty(*ego)
 
     def loss(self, batch: Batch) -> torch.Tensor:
-        self._cache = None
         return self.ranking_loss(batch, *self.embeddings())
 
-    def on_evaluation_start(self) -> None:
-        self._cache = self.embeddings()
+    def scoring_state(self):
+        return self.embeddings()
 
     def score(self, users: torch.Tensor) -> torch.Tensor:
-        all_users, all_items = self._cache if self._cache is not None else self.embeddings()
+        all_users, all_items = self.shared_scoring_state()
         return all_users[users] @ all_items.T
-
-    # -- cache hygiene ---------------------------------------------------------------------------
-    def train(self, mode: bool = True):
-        if mode:
-            self._cache = None
-        return super().train(mode)
-
-    def load_state_dict(self, *args, **kwargs):
-        self._cache = None
-        return super().load_state_dict(*args, **kwargs)

@@ -57,7 +57,6 @@ class LightGCNM(Recommender):
         for weight in (self.user_emb, *(p.weight for p in self.projections)):
             nn.init.xavier_uniform_(weight)
         self.graph = SparsePattern(bipartite_adjacency(data.train), data.device)
-        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def item_ego(self) -> torch.Tensor:
         """(n_items, factors) item embeddings made from the content, before propagation."""
@@ -77,21 +76,11 @@ class LightGCNM(Recommender):
         users_out, items_out = out.split([self.n_users, self.n_items])
         return users_out, items_out, items
 
-    def train(self, mode: bool = True):
-        if mode:  # training resumes: cached propagations would go stale
-            self._cache = None
-        return super().train(mode)
-
-    def load_state_dict(self, *args, **kwargs):
-        self._cache = None
-        return super().load_state_dict(*args, **kwargs)
-
-    def on_evaluation_start(self) -> None:
+    def scoring_state(self):
         users, items, _ = self.propagate()
-        self._cache = (users, items)
+        return users, items
 
     def loss(self, batch: Batch) -> torch.Tensor:
-        self._cache = None
         users, items, ego_items = self.propagate()
         gu, gi, gj = users[batch.users], items[batch.pos], items[batch.neg]
         ranking = bpr_loss((gu * gi).sum(-1), (gu * gj).sum(-1))
@@ -99,8 +88,5 @@ class LightGCNM(Recommender):
         return ranking + self.params.l_w * reg
 
     def score(self, users: torch.Tensor) -> torch.Tensor:
-        if self._cache is None:
-            g_users, g_items, _ = self.propagate()
-        else:
-            g_users, g_items = self._cache
+        g_users, g_items = self.shared_scoring_state()
         return g_users[users] @ g_items.T

@@ -91,7 +91,6 @@ class MMGCN(Recommender):
         if params.aggregation == "mean":
             adj = row_normalise(adj)
         self.graph = SparsePattern(adj, data.device)
-        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def modality_forward(self, index: int) -> torch.Tensor:
         """(n_users + n_items, factors): the output of modality `index`'s graph network."""
@@ -112,20 +111,10 @@ class MMGCN(Recommender):
         users, items = rep.split([self.n_users, self.n_items])
         return users, items
 
-    def train(self, mode: bool = True):
-        if mode:  # training resumes: cached propagations would go stale
-            self._cache = None
-        return super().train(mode)
-
-    def load_state_dict(self, *args, **kwargs):
-        self._cache = None
-        return super().load_state_dict(*args, **kwargs)
-
-    def on_evaluation_start(self) -> None:
-        self._cache = self.forward_all()
+    def scoring_state(self):
+        return self.forward_all()
 
     def loss(self, batch: Batch) -> torch.Tensor:
-        self._cache = None
         users, items = self.forward_all()
         gu, gi, gj = users[batch.users], items[batch.pos], items[batch.neg]
         ranking = bpr_loss((gu * gi).sum(-1), (gu * gj).sum(-1))
@@ -134,5 +123,5 @@ class MMGCN(Recommender):
         return ranking + self.params.l_w * reg
 
     def score(self, users: torch.Tensor) -> torch.Tensor:
-        all_users, all_items = self._cache if self._cache is not None else self.forward_all()
+        all_users, all_items = self.shared_scoring_state()
         return all_users[users] @ all_items.T

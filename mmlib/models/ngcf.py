@@ -59,7 +59,6 @@ class NGCF(Recommender):
         for module in (*self.w_sum, *self.w_bi):
             nn.init.zeros_(module.bias)
         self.adj = SparsePattern(bipartite_adjacency(data.train), data.device)  # not saved: derived
-        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def embeddings(self, dropout: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Final (user, item) representations; `dropout` only in training steps."""
@@ -80,25 +79,16 @@ class NGCF(Recommender):
         return final[: self.n_users], final[self.n_users:]
 
     def loss(self, batch: Batch) -> torch.Tensor:
-        self._cache = None
         users, items = self.embeddings(dropout=self.training)
         u, i, j = users[batch.users], items[batch.pos], items[batch.neg]
         ranking = bpr_loss((u * i).sum(-1), (u * j).sum(-1))
         ego = (self.user_emb(batch.users), self.item_emb(batch.pos), self.item_emb(batch.neg))
         return ranking + self.params.l_w * l2_penalty(*ego)
 
-    def on_evaluation_start(self) -> None:
-        self._cache = self.embeddings(dropout=False)
+    def scoring_state(self):
+        return self.embeddings(dropout=False)
 
     def score(self, users: torch.Tensor) -> torch.Tensor:
-        all_users, all_items = self._cache if self._cache is not None else self.embeddings(dropout=False)
+        all_users, all_items = self.shared_scoring_state()
         return all_users[users] @ all_items.T
 
-    def train(self, mode: bool = True):
-        if mode:
-            self._cache = None
-        return super().train(mode)
-
-    def load_state_dict(self, *args, **kwargs):
-        self._cache = None
-        return super().load_state_dict(*args, **kwargs)

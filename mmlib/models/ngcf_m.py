@@ -72,7 +72,6 @@ class NGCFM(Recommender):
         for weight in (self.user_emb, self.item_emb, self.user_theta, self.projection.weight, *self.w1, *self.w2):
             nn.init.xavier_uniform_(weight)
         self._dropped_values: torch.Tensor | None = None  # this epoch's Â entries after node dropout
-        self._cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     # -- graph ---------------------------------------------------------------------------------------
     def _sample_dropped_values(self) -> torch.Tensor:
@@ -105,21 +104,11 @@ class NGCFM(Recommender):
     def on_epoch_start(self, epoch: int) -> None:
         self._dropped_values = None  # resampled at the epoch's first batch
 
-    def train(self, mode: bool = True):
-        if mode:  # training resumes: cached propagations would go stale
-            self._cache = None
-        return super().train(mode)
-
-    def load_state_dict(self, *args, **kwargs):
-        self._cache = None
-        return super().load_state_dict(*args, **kwargs)
-
-    def on_evaluation_start(self) -> None:
+    def scoring_state(self):
         users, items = self.propagate(training=False)
-        self._cache = (users, items, self.item_content())
+        return users, items, self.item_content()
 
     def loss(self, batch: Batch) -> torch.Tensor:
-        self._cache = None
         users, items = self.propagate(training=True)
         gu, gi, gj = users[batch.users], items[batch.pos], items[batch.neg]
         tu = self.user_theta[batch.users]
@@ -129,9 +118,5 @@ class NGCFM(Recommender):
         return bpr_loss(pos, neg) + self.params.l_w * l2_penalty(gu, gi, gj, tu, ci, cj)
 
     def score(self, users: torch.Tensor) -> torch.Tensor:
-        if self._cache is None:
-            g_users, g_items = self.propagate(training=False)
-            content = self.item_content()
-        else:
-            g_users, g_items, content = self._cache
+        g_users, g_items, content = self.shared_scoring_state()
         return g_users[users] @ g_items.T + self.user_theta[users] @ content.T

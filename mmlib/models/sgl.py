@@ -82,6 +82,5 @@ class SGL(LightGCN):
         return info_nce(u1[users], u2[users], tau) + info_nce(i1[items], i2[items], tau)
 
     def loss(self, batch: Batch) -> torch.Tensor:
-        self._cache = None
         ranking = self.ranking_loss(batch, *self.embeddings())
         return ranking + self.params.ssl_weight * self.contrastive_loss(batch)

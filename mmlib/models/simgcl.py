@@ -65,6 +65,5 @@ class SimGCL(LightGCN):
         return info_nce(u1[users], u2[users], tau) + info_nce(i1[items], i2[items], tau)
 
     def loss(self, batch: Batch) -> torch.Tensor:
-        self._cache = None
         ranking = self.ranking_loss(batch, *self.embeddings())
         return ranking + self.params.reg_cl * self.contrastive_loss(batch)
