@@ -1,8 +1,7 @@
-"""Benchmarks (not tests): `mmlib.bench.extraction` measures feature-extraction throughput and
-memory of mmlib's pipeline against a Ducho-style reference loop and the model's forward alone.
+"""Benchmarks (not tests): scripts that measure and write their figures under `outputs/benchmarks/`.
 
-    from mmlib.bench import extraction
-    frame = extraction.run(quick=True)          # or: python -m mmlib.bench.extraction --quick
+- `mmlib.bench.extraction` (`mmlib bench extraction`): feature-extraction throughput and memory of
+  mmlib's pipeline against a Ducho-style reference loop and the model's forward alone.
+- `mmlib.bench.training` (`mmlib bench training [--accuracy]`): seconds per epoch, full-ranking
+  evaluation time and peak memory of every model on Amazon Baby, and the blockwise kNN graph.
 """
-
-__all__ = ["extraction"]
