@@ -8,6 +8,7 @@ next job reads, so the order is the only coupling.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,9 @@ def plan(study_path: Path, study: StudySpec) -> list[Job]:
 def run_batch(study_path: Path | str, kernel: str = "python3", only: str | None = None) -> list[Job]:
     """Execute every job of the study (or those whose label contains `only`)."""
     import papermill  # heavy import: only when a batch really runs
+
+    # Per-epoch progress bars would bloat every executed notebook; this log reports each job.
+    os.environ.setdefault("TQDM_DISABLE", "1")
 
     study_path = Path(study_path)
     study = load_study(study_path)  # validates everything before the first job
