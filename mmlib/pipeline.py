@@ -75,9 +75,7 @@ def _run_key(study: StudySpec, model: str, grid: list[dict], dataset: Dataset,
              features: Features | None) -> str:
     blob = json.dumps({
         "dataset": dataset.manifest.get("hash"),
-        "features": None if features is None else features.manifest.get("cache_key",
-                                                                          features.manifest.get("dataset_hash")),
-        "feature_specs": None if features is None else features.manifest.get("extractors"),
+        "features": None if features is None else features.hash(),  # content, not names
         "model": model, "grid": grid, "train": dataclasses.asdict(study.train_spec()),
     }, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -94,6 +92,8 @@ def train(study: StudySpec, model: str, setting: str | None = None, force: bool 
                          f"{', '.join(study.extractors)}.")
     dataset = load_dataset(study)
     features = Features.load(features_dir(study, setting)) if setting else None
+    if features is not None:
+        features.check_dataset(dataset)  # features of another dataset version are an error
     grid = study.grid(model)
     out = run_dir(study, model, setting)
     key = _run_key(study, model, grid, dataset, features)

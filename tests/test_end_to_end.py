@@ -82,3 +82,25 @@ def test_batch_executes_every_notebook_and_writes_table_and_figures(tmp_path):
     assert len(table) == 3 and table["Recall@20"].between(0, 1).all()
     assert "| VBPR |" in (out / "tables" / "results.md").read_text()
     assert sorted(p.name for p in (out / "figures").glob("*.png")) == ["test_metrics.png", "validation_curves.png"]
+
+
+def test_a_run_is_reused_only_while_its_inputs_are_unchanged(tmp_path):
+    tiny = {"source": "synthetic", "name": "tiny-shop", "split": {"strategy": "elliot", "seed": 1},
+            "options": {"n_users": 200, "n_items": 80, "n_interactions": 1600, "seed": 1}}
+    settings = {"s": {"visual": {"extractor": "color_histogram", "bins": 4},
+                      "textual": {"extractor": "tfidf_svd", "dim": 8}}}
+    models = {"VBPR": {"lr": 0.01, "l_w": 1.0e-5}}
+    study = load_study(make_study(tmp_path, dataset=tiny, extractors=settings, models=models,
+                                  train={"epochs": 2, "eval_every": 1}))
+    pipeline.prepare(study)
+    pipeline.extract(study, "s")
+    first = pipeline.train(study, "VBPR", "s")
+    assert pipeline.train(study, "VBPR", "s")["key"] == first["key"]  # reused
+
+    # Same setting name, different extractor options: new features, so the run is redone
+    # (an anchor silently reused graphs computed from the previous extractor).
+    settings["s"]["visual"]["bins"] = 2
+    study = load_study(make_study(tmp_path, dataset=tiny, extractors=settings, models=models,
+                                  train={"epochs": 2, "eval_every": 1}))
+    pipeline.extract(study, "s")
+    assert pipeline.train(study, "VBPR", "s")["key"] != first["key"]
