@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import logging
 
 import numpy as np
 import pandas as pd
-import pytest
-from PIL import Image
 
 from mmlib.data import Dataset
 from mmlib.data.export import to_elliot, to_mmrec

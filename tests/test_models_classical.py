@@ -13,7 +13,7 @@ import scipy.sparse as sp
 import torch
 
 import mmlib.models  # noqa: F401  (fills the registry)
-from mmlib.models.base import Batch, TrainData
+from mmlib.models.base import TrainData
 from mmlib.models.graph import SparsePattern, bipartite_adjacency, knn_graph, propagate, sparse_cosine_topk, \
     to_torch_sparse
 from mmlib.registry import MODELS

@@ -37,7 +37,7 @@ import pandas as pd
 from mmlib.config import from_mapping, load_yaml
 from mmlib.data import preprocess
 from mmlib.data.dataset import Dataset
-from mmlib.data.sources import SOURCES, SourceData, options_class, source_info
+from mmlib.data.sources import SourceData, options_class, source_info
 from mmlib.data.splits import apply_split
 from mmlib.errors import MmlibError
 

@@ -72,8 +72,13 @@ class Recommender(nn.Module):
         raise NotImplementedError
 
     def score(self, users: torch.Tensor) -> torch.Tensor:
-        """(len(users), n_items) preference scores; higher is better."""
-        raise NotImplementedError
+        """(len(users), n_items) preference scores; higher is better. The default serves models
+        whose `scoring_state` is (all user, all item) representations: their dot product."""
+        state = self.shared_scoring_state()
+        if state is None:
+            raise NotImplementedError(f"{type(self).__name__} defines neither score nor scoring_state")
+        all_users, all_items = state
+        return all_users[users] @ all_items.T
 
     def on_epoch_start(self, epoch: int) -> None:
         """Optional per-epoch hook (e.g. a graph rebuilt from the current embeddings)."""

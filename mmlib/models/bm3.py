@@ -106,7 +106,3 @@ class BM3(Recommender):
 
     def scoring_state(self):
         return self._scoring_embeddings()
-
-    def score(self, users: torch.Tensor) -> torch.Tensor:
-        all_users, all_items = self.shared_scoring_state()
-        return all_users[users] @ all_items.T

@@ -159,7 +159,3 @@ class DRAGON(Recommender):
 
     def scoring_state(self):
         return self._embeddings()
-
-    def score(self, users: torch.Tensor) -> torch.Tensor:
-        all_users, all_items = self.shared_scoring_state()
-        return all_users[users] @ all_items.T

@@ -167,7 +167,3 @@ class FREEDOM(Recommender):
 
     def scoring_state(self):
         return self._embeddings(self.full_adj)
-
-    def score(self, users: torch.Tensor) -> torch.Tensor:
-        all_users, all_items = self.shared_scoring_state()
-        return all_users[users] @ all_items.T

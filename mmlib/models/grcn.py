@@ -163,7 +163,3 @@ class GRCN(Recommender):
         reg = l2_penalty(self.id_emb[batch.users], self.id_emb[batch.pos + self.n_users],
                          self.id_emb[batch.neg + self.n_users], *(p[batch.users] for p in self.prototypes))
         return ranking + self.params.l_w * reg
-
-    def score(self, users: torch.Tensor) -> torch.Tensor:
-        all_users, all_items = self.shared_scoring_state()
-        return all_users[users] @ all_items.T

@@ -192,7 +192,3 @@ class LATTICE(Recommender):
 
     def scoring_state(self):
         return self._embeddings(self.learned_weights())
-
-    def score(self, users: torch.Tensor) -> torch.Tensor:
-        all_users, all_items = self.shared_scoring_state()
-        return all_users[users] @ all_items.T

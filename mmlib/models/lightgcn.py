@@ -71,7 +71,3 @@ class LightGCN(Recommender):
 
     def scoring_state(self):
         return self.embeddings()
-
-    def score(self, users: torch.Tensor) -> torch.Tensor:
-        all_users, all_items = self.shared_scoring_state()
-        return all_users[users] @ all_items.T

@@ -87,8 +87,3 @@ class NGCF(Recommender):
 
     def scoring_state(self):
         return self.embeddings(dropout=False)
-
-    def score(self, users: torch.Tensor) -> torch.Tensor:
-        all_users, all_items = self.shared_scoring_state()
-        return all_users[users] @ all_items.T
-
