@@ -85,26 +85,35 @@ def knn_graph(features: torch.Tensor, k: int, block_size: int = 1024,
     0/1 matrix, computed block by block: memory is O(block_size x N), never O(N^2)."""
     n = features.shape[0]
     k = min(k, n)
-    path = None
-    if cache_dir is not None:
-        path = Path(cache_dir) / f"knn_{tensor_hash(features)}_k{k}.npz"
-        if path.is_file():
-            log.info("reusing kNN graph %s", path)
-            return sp.load_npz(path).tocsr()
-    with torch.inference_mode():
-        # Unit rows once (one N x d copy), then one block x N temporary per step.
-        x = torch.nn.functional.normalize(features.detach().float(), dim=1)
-        neighbours = torch.empty((n, k), dtype=torch.long)
-        for start in range(0, n, block_size):
-            stop = min(start + block_size, n)
-            neighbours[start:stop] = (x[start:stop] @ x.T).topk(k, dim=1).indices.cpu()
-    rows = np.repeat(np.arange(n), k)
-    graph = sp.csr_matrix((np.ones(n * k, np.float32), (rows, neighbours.numpy().ravel())), shape=(n, n))
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
-        sp.save_npz(tmp, graph)
-        tmp.replace(path)
+
+    def build() -> sp.csr_matrix:
+        with torch.inference_mode():
+            # Unit rows once (one N x d copy), then one block x N temporary per step.
+            x = torch.nn.functional.normalize(features.detach().float(), dim=1)
+            neighbours = torch.empty((n, k), dtype=torch.long)
+            for start in range(0, n, block_size):
+                stop = min(start + block_size, n)
+                neighbours[start:stop] = (x[start:stop] @ x.T).topk(k, dim=1).indices.cpu()
+        rows = np.repeat(np.arange(n), k)
+        return sp.csr_matrix((np.ones(n * k, np.float32), (rows, neighbours.numpy().ravel())), shape=(n, n))
+
+    return cached_graph(cache_dir, f"knn_{tensor_hash(features)}_k{k}", build)
+
+
+def cached_graph(cache_dir: Path | None, name: str, build) -> sp.csr_matrix:
+    """`build()` once per `name` under `cache_dir` (None: no cache). The name must encode the hash
+    of every input, so that a graph can never be reused for other features. Written atomically."""
+    if cache_dir is None:
+        return build()
+    path = Path(cache_dir) / f"{name}.npz"
+    if path.is_file():
+        log.info("reusing cached graph %s", path)
+        return sp.load_npz(path).tocsr()
+    graph = build()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    sp.save_npz(tmp, graph)
+    tmp.replace(path)
     return graph
 
 
@@ -200,12 +209,13 @@ def dense_cosine_topk(features: torch.Tensor, k: int, shrink: float = 0.0, exclu
     x = features.detach().float().cpu()
     n = x.shape[0]
     k = max(0, min(k, n - 1 if exclude_self else n))
-    path = None
-    if cache_dir is not None:
-        path = Path(cache_dir) / f"cosknn_{tensor_hash(x)}_k{k}_s{shrink:g}_x{int(exclude_self)}.npz"
-        if path.is_file():
-            log.info("reusing kNN similarity graph %s", path)
-            return sp.load_npz(path).tocsr()
+    name = f"cosknn_{tensor_hash(x)}_k{k}_s{shrink:g}_x{int(exclude_self)}"
+    return cached_graph(cache_dir, name, lambda: _dense_cosine_topk(x, k, shrink, exclude_self, block_size))
+
+
+def _dense_cosine_topk(x: torch.Tensor, k: int, shrink: float, exclude_self: bool,
+                       block_size: int) -> sp.csr_matrix:
+    n = x.shape[0]
     norms = x.norm(dim=1)
     out_rows, out_cols, out_vals = [], [], []
     with torch.inference_mode():
@@ -224,14 +234,8 @@ def dense_cosine_topk(features: torch.Tensor, k: int, shrink: float = 0.0, exclu
             out_cols.append(c.numpy())
             out_vals.append(sims[r, c].numpy())
     cat = (lambda parts, dtype: np.concatenate(parts) if parts else np.zeros(0, dtype))
-    graph = sp.csr_matrix((cat(out_vals, np.float32), (cat(out_rows, np.int64), cat(out_cols, np.int64))),
-                          shape=(n, n))
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
-        sp.save_npz(tmp, graph)
-        tmp.replace(path)
-    return graph
+    return sp.csr_matrix((cat(out_vals, np.float32), (cat(out_rows, np.int64), cat(out_cols, np.int64))),
+                         shape=(n, n))
 
 
 class SparsePattern(torch.nn.Module):
