@@ -264,6 +264,7 @@ def train_and_select(model_name: str, grid: list[dict], base: TrainSpec, data: T
     for index, (spec, params) in enumerate(parsed):
         label = f"{model_name} [{index + 1}/{len(parsed)}]"
         trial = fit(model_cls, params, spec, data, val, label=label)
+        trial.config = {**trial.config, **grid[index]}  # also the training keys the grid varied
         log.info("%s %s -> val %s=%.4f at epoch %d (%s, %.1fs)", label, trial.config,
                  spec.validation_metric, trial.best_score, trial.best_epoch, trial.status, trial.seconds)
         trials.append(trial)
