@@ -159,23 +159,32 @@ def sparse_cosine_topk(rows: sp.spmatrix, k: int, shrink: float = 0.0, block_siz
     k = max(0, min(k, n - 1 if exclude_self else n))
     xt = x.T.tocsr()
     norms = torch.as_tensor(np.sqrt(np.asarray(x.multiply(x).sum(axis=1)).ravel()), dtype=torch.float32)
+    return _blockwise_cosine_topk(norms, lambda start, stop: torch.from_numpy((x[start:stop] @ xt).toarray()),
+                                  k, shrink, exclude_self, block_size)
+
+
+def _blockwise_cosine_topk(norms: torch.Tensor, block_dots, k: int, shrink: float, exclude_self: bool,
+                           block_size: int) -> sp.csr_matrix:
+    """The selection shared by the sparse and dense builders. `block_dots(start, stop)` gives the
+    (stop - start) x N dot products of a block of rows with every row."""
+    n = len(norms)
     out_rows, out_cols, out_vals = [], [], []
-    for start in range(0, n if k else 0, block_size):
-        stop = min(start + block_size, n)
-        dots = torch.from_numpy((x[start:stop] @ xt).toarray())
-        sims = dots / (norms[start:stop, None] * norms[None, :] + shrink).clamp_min(1e-12)
-        if exclude_self:
-            local = torch.arange(stop - start)
-            sims[local, local + start] = 0.0
-        kth = sims.topk(k, dim=1).values[:, -1:]  # the k-th largest value of every row
-        above = sims > kth
-        tied = sims == kth  # keep only as many tied entries (lowest index first) as fit in k
-        room = k - above.sum(dim=1, keepdim=True)
-        keep = (above | (tied & (tied.cumsum(dim=1) <= room))) & (sims > 0)
-        r, c = keep.nonzero(as_tuple=True)
-        out_rows.append((r + start).numpy())
-        out_cols.append(c.numpy())
-        out_vals.append(sims[r, c].numpy())
+    with torch.inference_mode():
+        for start in range(0, n if k else 0, block_size):
+            stop = min(start + block_size, n)
+            sims = block_dots(start, stop) / (norms[start:stop, None] * norms[None, :] + shrink).clamp_min(1e-12)
+            if exclude_self:
+                local = torch.arange(stop - start)
+                sims[local, local + start] = 0.0
+            kth = sims.topk(k, dim=1).values[:, -1:]  # the k-th largest value of every row
+            above = sims > kth
+            tied = sims == kth  # keep only as many tied entries (lowest index first) as fit in k
+            room = k - above.sum(dim=1, keepdim=True)
+            keep = (above | (tied & (tied.cumsum(dim=1) <= room))) & (sims > 0)
+            r, c = keep.nonzero(as_tuple=True)
+            out_rows.append((r + start).numpy())
+            out_cols.append(c.numpy())
+            out_vals.append(sims[r, c].numpy())
     cat = (lambda parts, dtype: np.concatenate(parts) if parts else np.zeros(0, dtype))
     return sp.csr_matrix((cat(out_vals, np.float32), (cat(out_rows, np.int64), cat(out_cols, np.int64))),
                          shape=(n, n))
@@ -215,27 +224,8 @@ def dense_cosine_topk(features: torch.Tensor, k: int, shrink: float = 0.0, exclu
 
 def _dense_cosine_topk(x: torch.Tensor, k: int, shrink: float, exclude_self: bool,
                        block_size: int) -> sp.csr_matrix:
-    n = x.shape[0]
-    norms = x.norm(dim=1)
-    out_rows, out_cols, out_vals = [], [], []
-    with torch.inference_mode():
-        for start in range(0, n if k else 0, block_size):
-            stop = min(start + block_size, n)
-            sims = (x[start:stop] @ x.T) / (norms[start:stop, None] * norms[None, :] + shrink).clamp_min(1e-12)
-            if exclude_self:
-                local = torch.arange(stop - start)
-                sims[local, local + start] = 0.0
-            kth = sims.topk(k, dim=1).values[:, -1:]
-            tied = sims == kth  # keep only as many tied entries (lowest index first) as fit in k
-            room = k - (sims > kth).sum(dim=1, keepdim=True)
-            keep = ((sims > kth) | (tied & (tied.cumsum(dim=1) <= room))) & (sims > 0)
-            r, c = keep.nonzero(as_tuple=True)
-            out_rows.append((r + start).numpy())
-            out_cols.append(c.numpy())
-            out_vals.append(sims[r, c].numpy())
-    cat = (lambda parts, dtype: np.concatenate(parts) if parts else np.zeros(0, dtype))
-    return sp.csr_matrix((cat(out_vals, np.float32), (cat(out_rows, np.int64), cat(out_cols, np.int64))),
-                         shape=(n, n))
+    return _blockwise_cosine_topk(x.norm(dim=1), lambda start, stop: x[start:stop] @ x.T,
+                                  k, shrink, exclude_self, block_size)
 
 
 class SparsePattern(torch.nn.Module):
