@@ -73,10 +73,10 @@ from mmlib.extract.features import (
     read_manifest,
     to_jsonable,
 )
+from mmlib.extract.pipeline import MissingPolicy
 
 log = logging.getLogger("mmlib.extract")
 
-MissingPolicy = Literal["mean", "zero"]
 SPLIT_LABELS = {"train": 0, "val": 1, "test": 2}
 DEFAULT_MMREC_FILES = {"visual": "image_feat.npy", "textual": "text_feat.npy"}
 DEFAULT_MMREC_MAPPING = {"image_feat.npy": "visual", "text_feat.npy": "textual"}
