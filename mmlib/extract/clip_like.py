@@ -26,7 +26,7 @@ Named versions (the paper's checkpoints as defaults; every option still applies)
 
 Options: checkpoint, revision, model_class (null: AutoModel), mode (fast | paper), normalize,
 max_length, plus the runtime options of `TorchOptions` (batch_size 32, device, dtype,
-num_workers, channels_last, max_pixels).
+num_workers, channels_last, onednn, max_pixels).
 """
 
 from __future__ import annotations
@@ -123,9 +123,7 @@ class ClipLike(TorchExtractor):
                         "For a vision-only model use vision_backbone, for a text-only one hf_text.")
             return self._prepare_module(model)
 
-        key = ("clip_like", str(folder), self.options.model_class, self.options.device,
-               self.options.channels_last)
-        return cached_model(key, load)
+        return cached_model(self._model_key("clip_like", str(folder), self.options.model_class), load)
 
     def _tokenizer(self):
         if getattr(self, "_tok", None) is None:

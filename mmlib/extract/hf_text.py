@@ -86,8 +86,7 @@ class HFText(TorchExtractor):
 
     def _load(self):
         folder, o = self.folder, self.options
-        key = ("hf_text", str(folder), o.model_class, o.device)
-        return cached_model(key, lambda: self._prepare_module(
+        return cached_model(self._model_key("hf_text", str(folder), o.model_class), lambda: self._prepare_module(
             load_pretrained(o.model_class or "AutoModel", folder, self.where)))
 
     def _tokenizer(self):

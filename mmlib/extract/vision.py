@@ -298,8 +298,8 @@ class VisionBackbone(TorchExtractor):
                                      f"{o.submodule!r}.") from None
             return self._prepare_module(target), info
 
-        key = ("vision", str(folder), o.model_class, o.submodule, str(weights),
-               weights and _file_sha256(weights), o.device, o.channels_last)
+        key = self._model_key("vision", str(folder), o.model_class, o.submodule, str(weights),
+                              weights and _file_sha256(weights))
         return cached_model(key, load)
 
     def image_preprocessor(self):
