@@ -80,11 +80,13 @@ def write_all(study: StudySpec) -> pd.DataFrame:
     return table
 
 
-def to_markdown(table: pd.DataFrame) -> str:
+def to_markdown(table: pd.DataFrame, columns: list[str] | None = None) -> str:
+    """A markdown table of `columns` (default: the results table's headline columns)."""
     if table.empty:
         return "_no runs yet_\n"
-    shown = [c for c in ["setting", "model", *HEADLINE, f"p vs {BASELINE} (Recall@20)", "best_epoch"]
-             if c in table.columns]
+    if columns is None:
+        columns = ["setting", "model", *HEADLINE, f"p vs {BASELINE} (Recall@20)", "best_epoch"]
+    shown = [c for c in columns if c in table.columns]
     lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
     for _, row in table[shown].iterrows():
         cells = [f"{v:.4f}" if isinstance(v, float) else str(v) for v in row]

@@ -2,7 +2,7 @@
 every registered model on the real interactions of Amazon Baby (MMRec's split: 19,445 users,
 7,050 items), plus the blockwise kNN item graph at 7k / 30k / 100k items.
 
-    mmlib bench training [--models BPRMF LightGCN ...] [--epochs 3] [--accuracy]
+    mmlib bench training [--models BPRMF LightGCN ...] [--epochs 3] [--lastfm] [--accuracy]
 
 Writes `<out>/training.csv` (model, sec_per_epoch, eval_sec, setup_sec, peak_mem_mb, ...) and
 `<out>/knn_graph.csv` (items, dim, k, sec, peak_mem_mb). The shipped Baby set has no features
@@ -10,6 +10,15 @@ here, so seeded random matrices of 4096 (visual) and 384 (textual) dims stand in
 does not depend on their values. Same hyper-parameters for everyone: batch 2,048, embedding 64,
 each model's Params defaults. Each measurement runs in a fresh process so that its peak resident
 memory (`ru_maxrss`, including the imported libraries) belongs to that model alone.
+
+`--lastfm` trains every model on real features: Last.fm-2K in MMRec format
+(`../shared/data/hetrec_lastfm2k_mm`: 1,858 users, 1,425 artists, the shipped train/valid/test
+split) with its real all-MiniLM-L6-v2 tag-text features (384-d, `textual`) and Whisper audio
+features (512-d, `audio`). One configuration per model (its Params defaults, lr 5e-3) under the
+`mmrec` protocol (batch 2,048, validation every epoch, early stopping after 20 validations without
+gain on Recall@20, binary nDCG), capped at `--lastfm-epochs` (100); the epoch is selected on
+validation only and test is evaluated once. Writes `<out>/lastfm_results.csv` and `.md`. It is a
+like-for-like table of the zoo on real content, not a tuned leaderboard: no grid is searched.
 
 `--accuracy` also trains BPRMF and LightGCN (3 layers) to convergence under the `mmrec` protocol
 (early stopping after 20 validations without gain on validation Recall@20, lr 1e-3, the
@@ -41,7 +50,11 @@ PUBLISHED = {  # MMRec's published Baby results (anchors-and-models.md §2.1), t
     ("BPRMF", "Recall@20"): 0.0575, ("BPRMF", "nDCG@20"): 0.0249,
     ("LightGCN", "Recall@20"): 0.0754, ("LightGCN", "nDCG@20"): 0.0328,
 }
+ACCURACY_MODELS = ("BPRMF", "LightGCN")
 KNN_SIZES = (7_050, 30_000, 100_000)
+LASTFM = "hetrec_lastfm2k_mm"
+LASTFM_FEATURES = {"all-MiniLM-L6-v2.npy": "textual", "whisper.npy": "audio"}
+LASTFM_LR = 5e-3
 
 
 def _peak_mem_mb() -> float:
@@ -110,6 +123,65 @@ def time_model(model_name: str, out: Path, epochs: int, threads: int) -> dict:
     return row
 
 
+def lastfm_inputs(out: Path):
+    """The Last.fm Dataset (shipped split) and its real text + audio Features (imported once)."""
+    from mmlib.config import from_mapping
+    from mmlib.data.prepare import DatasetSpec, data_root, prepare_dataset
+    from mmlib.extract.features import Features
+    from mmlib.extract.formats import import_mmrec_features
+
+    spec = from_mapping(DatasetSpec, {"source": "mmrec", "name": "lastfm", "path": LASTFM,
+                                      "options": {"inter": "lfm2k.inter"},
+                                      "split": {"strategy": "fixed"}}, "bench")
+    dataset = prepare_dataset(spec, out / "datasets" / "lastfm")
+    folder = out / "features" / "lastfm" / "minilm+whisper"
+    if (folder / "manifest.json").is_file():
+        features = Features.load(folder)
+        features.check_dataset(dataset)
+        return dataset, features
+    return dataset, import_mmrec_features(data_root() / LASTFM / "features", dataset,
+                                          out / "features" / "lastfm", "minilm+whisper",
+                                          mapping=LASTFM_FEATURES)
+
+
+def train_lastfm(model_name: str, out: Path, max_epochs: int, threads: int) -> dict:
+    """One cell, in its own process: one configuration of `model_name` on Last.fm, test once."""
+    import torch
+
+    from mmlib.pipeline import train_data
+    from mmlib.registry import MODELS
+    from mmlib.train import protocol_spec, train_and_select
+
+    torch.set_num_threads(threads)
+    dataset, features = lastfm_inputs(out)
+    uses_features = MODELS.get(model_name).modalities_needed != "none"
+    data = train_data(dataset, features if uses_features else None, torch.device("cpu"), out / "cache")
+    spec = protocol_spec("mmrec", epochs=max_epochs, lr=LASTFM_LR, cutoffs=[10, 20], eval_chunk=4096)
+    run = train_and_select(model_name, [{}], spec, data, dataset.matrix("val"), dataset.matrix("test"))
+    trial, test = run.best, run.test.mean()
+    epochs_run = max((row["epoch"] for row in trial.curve), default=0)
+    return {"model": model_name, "features": "textual+audio" if uses_features else "none",
+            "Recall@20": round(test["Recall@20"], 4), "nDCG@20": round(test["nDCG@20"], 4),
+            "Recall@10": round(test["Recall@10"], 4), "val_Recall@20": round(trial.best_score, 4),
+            "best_epoch": trial.best_epoch, "epochs_run": epochs_run, "status": trial.status,
+            "train_sec": round(run.seconds, 1),
+            "sec_per_epoch": round(run.seconds / epochs_run, 3) if epochs_run else 0.0}
+
+
+def lastfm_results(out: Path, models: list[str], max_epochs: int, threads: int) -> pd.DataFrame:
+    from mmlib.report import to_markdown
+
+    lastfm_inputs(out)  # prepare and import once, before the per-model processes
+    rows = []
+    for name in models:
+        row = {"model": name, **_cell(["lastfm", name, str(out), str(max_epochs), str(threads)])}
+        log.info("lastfm %s", row)
+        rows.append(row)
+        frame = _upsert(out / "lastfm_results.csv", rows, "model")  # keep what finished
+        (out / "lastfm_results.md").write_text(to_markdown(frame, list(frame.columns)))
+    return pd.DataFrame(rows)
+
+
 def time_knn(n_items: int, dim: int, k: int, threads: int) -> dict:
     import torch
 
@@ -127,6 +199,18 @@ def time_knn(n_items: int, dim: int, k: int, threads: int) -> dict:
             "threads": threads}
 
 
+def _upsert(path: Path, rows: list[dict], key: str) -> pd.DataFrame:
+    """Write `rows` into the CSV at `path`, replacing earlier rows with the same `key` and keeping
+    the others: a partial re-run (`--models MMGCN`) updates its rows without losing the rest."""
+    frame = pd.DataFrame(rows)
+    if path.is_file():
+        old = pd.read_csv(path)
+        if key in old.columns:
+            frame = pd.concat([old[~old[key].isin(frame[key])], frame], ignore_index=True)
+    frame.to_csv(path, index=False)
+    return frame
+
+
 def _cell(args: list[str]) -> dict:
     """Run one measurement in a fresh interpreter; it prints one JSON line."""
     cmd = [sys.executable, "-m", "mmlib.bench.training", "--cell", *args]
@@ -136,7 +220,9 @@ def _cell(args: list[str]) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def accuracy(out: Path, threads: int) -> pd.DataFrame:
+def accuracy(out: Path, threads: int, models=ACCURACY_MODELS) -> pd.DataFrame:
+    """BPRMF / LightGCN (3 layers) to convergence under the mmrec protocol on Baby, beside MMRec's
+    published test numbers; each model's rows are written as soon as it finishes."""
     import torch
 
     from mmlib.data import Dataset
@@ -148,44 +234,51 @@ def accuracy(out: Path, threads: int) -> pd.DataFrame:
     dataset = Dataset.load(out / "datasets" / "baby")
     data = TrainData(dataset.n_users, dataset.n_items, dataset.matrix("train"))
     rows = []
-    for model in ("BPRMF", "LightGCN"):
+    for model in models:
         grid = expand_grid({**load_model_grid(model, "mmrec"), "lr": 0.001})
         if model == "LightGCN":
-            grid = [{**p, "n_layers": 3} for p in grid]
+            grid = [dict(p) for p in {tuple(sorted({**p, "n_layers": 3}.items())) for p in grid}]
+            grid.sort(key=lambda p: p["l_w"])
         spec = protocol_spec("mmrec", cutoffs=[20], eval_chunk=4096)
         run = train_and_select(model, grid, spec, data, dataset.matrix("val"), dataset.matrix("test"))
         for metric in ("Recall@20", "nDCG@20"):
             rows.append({"model": model, "metric": metric, "ours": round(run.test.mean()[metric], 4),
                          "published": PUBLISHED[(model, metric)],
-                         "selected": json.dumps(run.best.config), "best_epoch": run.best.best_epoch})
+                         "selected": json.dumps(run.best.config), "best_epoch": run.best.best_epoch,
+                         "configurations": len(grid), "train_sec": round(run.seconds, 1)})
         log.info("%s: %s", model, rows[-2:])
-    frame = pd.DataFrame(rows)
-    frame.to_csv(out / "accuracy.csv", index=False)
+        frame = _upsert(out / "accuracy.csv", rows, "model")
     return frame
 
 
 def run(out: Path = Path("outputs/benchmarks"), models: list[str] | None = None, epochs: int = 3,
-        threads: int = 2, knn_sizes=KNN_SIZES, with_accuracy: bool = False) -> pd.DataFrame:
+        threads: int = 2, knn_sizes=KNN_SIZES, with_accuracy: bool = False,
+        lastfm_epochs: int | None = None, speed: bool = True) -> pd.DataFrame:
+    """The speed and kNN tables (unless `speed` is False); with `lastfm_epochs`, also the Last.fm
+    results table; with `with_accuracy`, the accuracy table. Returns the speed table."""
     from mmlib.registry import MODELS
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    models = models or MODELS.names()
+    if lastfm_epochs:
+        lastfm_results(out, models, lastfm_epochs, threads)
     dataset = baby_dataset(out)
     log.info("Amazon Baby: %s", dataset.statistics())
     rows = []
-    for name in models or MODELS.names():
+    for name in models if speed else []:
         row = {"model": name, **_cell(["model", name, str(out), str(epochs), str(threads)])}
         log.info("%s", row)
         rows.append(row)
-        pd.DataFrame(rows).to_csv(out / "training.csv", index=False)  # keep what finished
+        _upsert(out / "training.csv", rows, "model")  # keep what finished
     knn_rows = []
-    for n in knn_sizes:
+    for n in knn_sizes if speed else []:
         row = {"items": n, **_cell(["knn", str(n), "384", "10", str(threads)])}
         log.info("%s", row)
         knn_rows.append(row)
-        pd.DataFrame(knn_rows).to_csv(out / "knn_graph.csv", index=False)
+        _upsert(out / "knn_graph.csv", knn_rows, "items")
     if with_accuracy:
-        accuracy(out, threads)
+        accuracy(out, threads, [m for m in ACCURACY_MODELS if m in models] or ACCURACY_MODELS)
     return pd.DataFrame(rows)
 
 
@@ -197,6 +290,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--knn-sizes", type=int, nargs="*", default=list(KNN_SIZES))
     parser.add_argument("--accuracy", action="store_true", help="also train BPRMF/LightGCN to convergence")
+    parser.add_argument("--lastfm", action="store_true", help="also the results table on real Last.fm features")
+    parser.add_argument("--lastfm-epochs", type=int, default=100, help="epoch cap of the --lastfm runs")
+    parser.add_argument("--no-speed", action="store_true",
+                        help="skip the speed and kNN tables (to run only --lastfm / --accuracy)")
     parser.add_argument("--cell", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.cell:
@@ -204,13 +301,17 @@ def main(argv: list[str] | None = None) -> int:
         if kind == "model":
             name, out, epochs, threads = rest
             row = time_model(name, Path(out), int(epochs), int(threads))
+        elif kind == "lastfm":
+            name, out, epochs, threads = rest
+            row = train_lastfm(name, Path(out), int(epochs), int(threads))
         else:
             n, dim, k, threads = map(int, rest)
             row = time_knn(n, dim, k, threads)
         print(json.dumps(row))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    frame = run(args.out_dir, args.models, args.epochs, args.threads, args.knn_sizes, args.accuracy)
+    frame = run(args.out_dir, args.models, args.epochs, args.threads, args.knn_sizes, args.accuracy,
+                args.lastfm_epochs if args.lastfm else None, speed=not args.no_speed)
     print(frame.to_string(index=False))
     return 0
 

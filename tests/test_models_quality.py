@@ -1,0 +1,102 @@
+"""Quality of every registered model on the embedded default (seeded; numbers asserted).
+
+The default synthetic shop (2,000 users, 800 items, ~30,000 interactions, seed 42, Elliot split)
+with the default `histogram+tfidf` features (4-bin colour histograms + 64-d TF-IDF/SVD), trained
+through the study pipeline exactly as `make reproduce` trains it: one configuration per model
+(each model's paper defaults, lr 5e-3), validation every 10 epochs, the epoch selected on
+validation only, test evaluated once.
+
+Asserted: every trained model beats MostPop on test Recall@20, and the multimodal models the
+issue names (VBPR, LATTICE, BM3, FREEDOM) beat BPRMF. ItemKNN-CBF is the one exception to the
+first rule and is checked against its own bar (see its test).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mmlib import pipeline
+from mmlib.registry import MODELS
+from mmlib.study import load_study
+
+REPO = Path(__file__).resolve().parent.parent
+SETTING = "histogram+tfidf"
+EPOCHS = 60
+# One configuration per model: lr 5e-3 (inside the paper's lr grid) and the model's defaults,
+# with each axis of its `elliot` grid in params/models pinned to the value that won on validation
+# when the two-point grid was searched (probe on this seed; selection saw validation only).
+CONFIG = {"lr": 0.005}
+PINNED = {
+    "ItemKNN": {"k": 100},
+    "BPRMF": {"l_w": 0.01}, "NGCF": {"l_w": 0.01}, "LightGCN": {"l_w": 0.01}, "NGCF-M": {"l_w": 0.01},
+    "DRAGON": {"l_w": 0.01}, "LightGCN-M": {"l_w": 0.01}, "BM3": {"reg_weight": 0.01}, "VBPR": {"l_w": 0.01},
+    "FREEDOM": {"l_w": 1.0e-5}, "LATTICE": {"l_w": 1.0e-5}, "GRCN": {"l_w": 1.0e-5},
+    "MMGCN": {"l_w": 1.0e-5}, "SGL": {"ssl_weight": 0.1},
+    "SimGCL": {"reg_cl": 0.5, "lr": 0.01},  # still rising at epoch 100 with lr 5e-3
+}
+# Test Recall@20 of this seed, measured here (2 threads): MostPop 0.1665, ItemKNN-CBF 0.0692,
+# SimGCL 0.2846, GRCN 0.3012-0.3054, ItemKNN 0.3071, MMGCN 0.3124-0.3238, BPRMF 0.3319, BM3 0.3519,
+# VBPR 0.3597, NGCF 0.3697-0.3705, SGL 0.3707, FREEDOM 0.3874, NGCF-M 0.3939-0.3942,
+# LightGCN-M 0.3999, DRAGON 0.4013, LATTICE 0.4034, LightGCN 0.4037. (Ranges: two runs differed;
+# with two threads some sparse reductions of GRCN, MMGCN and the NGCFs are not bit-reproducible.)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("quality")
+    spec = yaml.safe_load((REPO / "params" / "default.yaml").read_text())
+    spec.update(outputs=str(root / "outputs"), extractors={SETTING: spec["extractors"][SETTING]},
+                train={"epochs": EPOCHS, "eval_every": 10, "threads": 2},
+                models={m: {**CONFIG, **PINNED.get(m, {})} for m in MODELS.names()})
+    path = root / "study.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    study = load_study(path)
+    pipeline.prepare(study)
+    pipeline.extract(study, SETTING)
+    return study
+
+
+_recall: dict[str, float] = {}
+
+
+def recall(study, model: str) -> float:
+    """Test Recall@20 of `model` (trained once per session)."""
+    if model not in _recall:
+        summary = pipeline.train(study, model, SETTING)
+        assert summary["grid_size"] == 1  # one configuration, as pinned above
+        _recall[model] = summary["test"]["Recall@20"]
+        print(f"{model}: test Recall@20 {_recall[model]:.4f}")
+    return _recall[model]
+
+
+TRAINED = [m for m in MODELS.names() if m not in ("MostPop", "ItemKNN-CBF")]
+
+
+@pytest.mark.parametrize("model", TRAINED)
+def test_every_model_beats_popularity(study, model):
+    assert recall(study, model) > 1.5 * recall(study, "MostPop")
+
+
+@pytest.mark.parametrize("model", ["VBPR", "LATTICE", "BM3", "FREEDOM"])
+def test_multimodal_models_beat_bprmf(study, model):
+    assert recall(study, model) > 1.04 * recall(study, "BPRMF")
+
+
+def test_content_only_itemknn_cbf_beats_random_ranking(study):
+    """ItemKNN-CBF scores items by content similarity alone, with no popularity term. This shop's
+    choices are popularity-skewed (exponent 0.8), and there it does not reach MostPop (measured:
+    0.069 at k 10; 0.113 at k 200, vs MostPop 0.1665), so its bar is the exact expectation of a
+    uniformly random ranking of each user's unseen items: E[Recall@20] = 20 / candidates."""
+    import numpy as np
+
+    dataset = pipeline.load_dataset(study)
+    train, test = dataset.matrix("train"), dataset.matrix("test")
+    users = np.flatnonzero(np.diff(test.indptr) > 0)
+    candidates = dataset.n_items - np.diff(train.indptr)[users]
+    random_recall = float(np.mean(np.minimum(20, candidates) / candidates))
+    assert recall(study, "ItemKNN-CBF") > 2.0 * random_recall
