@@ -268,13 +268,26 @@ def train_and_select(model_name: str, grid: list[dict], base: TrainSpec, data: T
         log.info("%s %s -> val %s=%.4f at epoch %d (%s, %.1fs)", label, trial.config,
                  spec.validation_metric, trial.best_score, trial.best_epoch, trial.status, trial.seconds)
         trials.append(trial)
-    usable = [i for i, t in enumerate(trials) if t.state is not None]
-    if not usable:
-        reasons = "; ".join(f"{t.config}: {t.status}" for t in trials)
-        raise MmlibError(f"Every configuration of {model_name} failed: {reasons}")
-    selected = max(usable, key=lambda i: (trials[i].best_score, -i))
-    spec, params = parsed[selected]
-    model = model_cls(params, data).to(data.device)
-    model.load_state_dict(trials[selected].state)
-    test_eval = evaluate_model(model, data.train, test, spec)
+    selected = select_trial(model_name, trials)
+    test_eval = test_trial(model_cls, parsed[selected], trials[selected], data, test)
     return RunResult(model_name, trials, selected, test_eval, time.perf_counter() - started)
+
+
+def select_trial(model_name: str, trials: list[FitResult], among: list[int] | None = None) -> int:
+    """Index of the trial with the best validation score (among `among`, default all); ties go to
+    the earlier grid point. Test data plays no part."""
+    candidates = range(len(trials)) if among is None else among
+    usable = [i for i in candidates if trials[i].state is not None]
+    if not usable:
+        reasons = "; ".join(f"{trials[i].config}: {trials[i].status}" for i in candidates)
+        raise MmlibError(f"Every configuration of {model_name} failed: {reasons}")
+    return max(usable, key=lambda i: (trials[i].best_score, -i))
+
+
+def test_trial(model_cls: type[Recommender], parsed: tuple[TrainSpec, Any], trial: FitResult,
+               data: TrainData, test: sp.csr_matrix) -> Evaluation:
+    """Rebuild a trained trial's model from its saved state and evaluate it on `test`."""
+    spec, params = parsed
+    model = model_cls(params, data).to(data.device)
+    model.load_state_dict(trial.state)
+    return evaluate_model(model, data.train, test, spec)

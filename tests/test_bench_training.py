@@ -3,6 +3,8 @@ models on the real text + audio features (a short run here; the benchmark runs 1
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 
@@ -33,3 +35,23 @@ def test_lastfm_table_on_real_features(tmp_path):
     dataset, features = training.lastfm_inputs(tmp_path)  # imported once, then reused
     assert dataset.n_users == 1858 and dataset.n_items == 1425
     assert {m: features[m].shape for m in features.matrices} == {"textual": (1425, 384), "audio": (1425, 512)}
+
+
+@pytest.mark.slow
+def test_accuracy_table_reports_full_and_mmrec_reachable_selection(tmp_path):
+    """The accuracy run on a small stand-in for Baby: both selections are made on validation and
+    written beside the published numbers."""
+    from mmlib.config import from_mapping
+    from mmlib.data.prepare import DatasetSpec, prepare_dataset
+
+    spec = from_mapping(DatasetSpec, {"source": "synthetic", "name": "baby",
+                                      "options": {"n_users": 200, "n_items": 80, "n_interactions": 2500,
+                                                  "seed": 3},
+                                      "split": {"strategy": "mmrec", "seed": 3}}, "test")
+    prepare_dataset(spec, tmp_path / "datasets" / "baby")
+    frame = training.accuracy(tmp_path, threads=1, models=["BPRMF"])
+    assert list(frame["grid"].unique()) == ["full", "l_w <= 0.01"] and len(frame) == 4
+    assert (frame["published"] == [0.0575, 0.0249] * 2).all() and frame["ours"].between(0, 1).all()
+    full, reachable = frame[frame["grid"] == "full"].iloc[0], frame[frame["grid"] != "full"].iloc[0]
+    assert json.loads(reachable["selected"])["l_w"] <= 0.01
+    assert full["val_Recall@20"] >= reachable["val_Recall@20"]  # the full grid includes the sub-grid

@@ -46,8 +46,8 @@ def _packed_linear_class():
             self.post_op, self.algorithm = post_op, algorithm
 
         def forward(self, x):
-            if x.dtype != torch.float32:  # e.g. an autocast region: fall back to the math
-                raise RuntimeError("PackedLinear computes in float32 only")
+            if x.dtype != torch.float32:  # the rewrite is applied for float32 runs only
+                raise RuntimeError(f"PackedLinear computes in float32 only, got {x.dtype}")
             return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.weight, self.bias,
                                                       self.post_op, [], self.algorithm)
 
