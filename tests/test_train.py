@@ -42,6 +42,25 @@ def test_same_seed_gives_identical_scores():
     assert [c["Recall@20"] for c in runs[0].curve] == [c["Recall@20"] for c in runs[1].curve]
 
 
+@pytest.mark.parametrize("name", ["GRCN", "MMGCN"])
+def test_two_threads_train_bit_identically(name, monkeypatch):
+    """With 2 intra-op threads these graphs' scatter reductions are large enough to be split
+    across threads; training must still be bit-reproducible (trainer.deterministic_algorithms)."""
+    train = random_interactions(n_users=1500, n_items=600, per_user=12, seed=5)
+    gen = torch.Generator().manual_seed(0)
+    features = {"visual": torch.rand(600, 64, generator=gen), "textual": torch.rand(600, 32, generator=gen)}
+    data = TrainData(n_users=1500, n_items=600, train=train, features=features,
+                     masks={m: torch.ones(600, dtype=torch.bool) for m in features})
+    spec = TrainSpec(epochs=1, batch_size=2048, eval_every=1, cutoffs=[20], threads=2)
+    cls = MODELS.get(name)
+    try:
+        runs = [fit(cls, cls.Params(), spec, data, train) for _ in range(2)]
+    finally:
+        torch.set_num_threads(1)  # the suite's setting (conftest)
+    for key in runs[0].state:
+        assert torch.equal(runs[0].state[key], runs[1].state[key]), key
+
+
 class ExplodingBPRMF(BPRMF):
     """Diverges (NaN loss) when l_w is 0.5."""
 

@@ -337,7 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     frame = run(args.out_dir, args.models, args.epochs, args.threads, args.knn_sizes, args.accuracy,
                 args.lastfm_epochs if args.lastfm else None, speed=not args.no_speed)
-    print(frame.to_string(index=False))
+    if not frame.empty:
+        print(frame.to_string(index=False))
     return 0
 
 
