@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from mmlib.bench import training
+from mmlib.errors import MmlibError
 from mmlib.data.prepare import data_root
 
 
@@ -55,3 +56,10 @@ def test_accuracy_table_reports_full_and_mmrec_reachable_selection(tmp_path):
     full, reachable = frame[frame["grid"] == "full"].iloc[0], frame[frame["grid"] != "full"].iloc[0]
     assert json.loads(reachable["selected"])["l_w"] <= 0.01
     assert full["val_Recall@20"] >= reachable["val_Recall@20"]  # the full grid includes the sub-grid
+    assert (frame["configurations"] == 7).all()
+
+    restricted = training.accuracy(tmp_path, threads=1, models=["BPRMF"], l_w=[0.01])
+    assert (restricted["configurations"] == 1).all()
+    assert {json.loads(s)["l_w"] for s in restricted["selected"]} == {0.01}
+    with pytest.raises(MmlibError, match="none of l_w"):
+        training.accuracy(tmp_path, threads=1, models=["BPRMF"], l_w=[0.5])

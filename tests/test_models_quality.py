@@ -37,11 +37,10 @@ PINNED = {
     "MMGCN": {"l_w": 1.0e-5}, "SGL": {"ssl_weight": 0.1},
     "SimGCL": {"reg_cl": 0.5, "lr": 0.01},  # still rising at epoch 100 with lr 5e-3
 }
-# Test Recall@20 of this seed, measured here (2 threads): MostPop 0.1665, ItemKNN-CBF 0.0692,
-# SimGCL 0.2846, GRCN 0.3012-0.3054, ItemKNN 0.3071, MMGCN 0.3124-0.3238, BPRMF 0.3319, BM3 0.3519,
-# VBPR 0.3597, NGCF 0.3697-0.3705, SGL 0.3707, FREEDOM 0.3874, NGCF-M 0.3939-0.3942,
-# LightGCN-M 0.3999, DRAGON 0.4013, LATTICE 0.4034, LightGCN 0.4037. (Ranges: two runs differed;
-# with two threads some sparse reductions of GRCN, MMGCN and the NGCFs are not bit-reproducible.)
+# Test Recall@20 of this seed, measured here (bit-reproducible: deterministic kernels): MostPop
+# 0.1665, ItemKNN-CBF 0.0692, SimGCL 0.2846, GRCN 0.2988, MMGCN 0.3033, ItemKNN 0.3071, BPRMF 0.3319,
+# BM3 0.3519, VBPR 0.3597, NGCF 0.3695, SGL 0.3707, FREEDOM 0.3874, NGCF-M 0.3956, LightGCN-M 0.3999,
+# DRAGON 0.4013, LATTICE 0.4034, LightGCN 0.4037.
 
 pytestmark = pytest.mark.slow
 

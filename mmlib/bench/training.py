@@ -3,6 +3,7 @@ every registered model on the real interactions of Amazon Baby (MMRec's split: 1
 7,050 items), plus the blockwise kNN item graph at 7k / 30k / 100k items.
 
     mmlib bench training [--models BPRMF LightGCN ...] [--epochs 3] [--lastfm] [--accuracy]
+                         [--accuracy-l-w 1e-6 ...] [--no-speed]
 
 Writes `<out>/training.csv` (model, sec_per_epoch, eval_sec, setup_sec, peak_mem_mb, ...) and
 `<out>/knn_graph.csv` (items, dim, k, sec, peak_mem_mb). The shipped Baby set has no features
@@ -23,8 +24,10 @@ like-for-like table of the zoo on real content, not a tuned leaderboard: no grid
 `--accuracy` also trains BPRMF and LightGCN (3 layers) to convergence under the `mmrec` protocol
 (early stopping after 20 validations without gain on validation Recall@20, lr 1e-3, the
 regularisation grid of params/models/<Model>.yaml, selection on validation only) and writes
-`<out>/accuracy.csv` (model, metric, ours, published) beside MMRec's published numbers. It takes
-hours on a 2-core CPU: it is not part of CI.
+`<out>/accuracy.csv` (model, grid, metric, ours, published) beside MMRec's published numbers,
+selected over the whole grid and over the part of it MMRec's regulariser can reach (see
+`accuracy`). The whole grid takes hours on a 2-core CPU (BPRMF 21 min, LightGCN ~2 h):
+`--accuracy-l-w` restricts it. Not part of CI.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ import time
 from pathlib import Path
 
 import pandas as pd
+
+from mmlib.errors import MmlibError
 
 log = logging.getLogger(__name__)
 
@@ -227,13 +232,15 @@ def _cell(args: list[str]) -> dict:
 MMREC_REACHABLE_L_W = 1e-2
 
 
-def accuracy(out: Path, threads: int, models=ACCURACY_MODELS) -> pd.DataFrame:
+def accuracy(out: Path, threads: int, models=ACCURACY_MODELS, l_w: list[float] | None = None) -> pd.DataFrame:
     """BPRMF / LightGCN (3 layers) to convergence under the mmrec protocol on Baby, beside MMRec's
     published test numbers; each model's rows are written as soon as it finishes.
 
     Two rows per metric: `grid: full` selects on validation over the whole grid; `grid: l_w <= 1e-2`
     selects (on validation, among the same trained trials) only the regularisation strengths
-    MMRec's own regulariser can reach, which is the like-for-like comparison with its table."""
+    MMRec's own regulariser can reach, which is the like-for-like comparison with its table.
+    `l_w` restricts the grid to those values (a 3-layer LightGCN trains ~20 min per value on two
+    CPU threads; the `configurations` column records how many were searched)."""
     import torch
 
     from mmlib.data import Dataset
@@ -252,6 +259,10 @@ def accuracy(out: Path, threads: int, models=ACCURACY_MODELS) -> pd.DataFrame:
         if model == "LightGCN":
             grid = [dict(p) for p in {tuple(sorted({**p, "n_layers": 3}.items())) for p in grid}]
             grid.sort(key=lambda p: p["l_w"])
+        if l_w:
+            grid = [p for p in grid if p["l_w"] in l_w]
+            if not grid:
+                raise MmlibError(f"bench accuracy: none of l_w {l_w} is in {model}'s mmrec grid.")
         spec = protocol_spec("mmrec", cutoffs=[20], eval_chunk=4096)
         run = train_and_select(model, grid, spec, data, dataset.matrix("val"), test)
         reachable = [i for i, p in enumerate(grid) if p["l_w"] <= MMREC_REACHABLE_L_W]
@@ -278,7 +289,8 @@ def accuracy(out: Path, threads: int, models=ACCURACY_MODELS) -> pd.DataFrame:
 
 def run(out: Path = Path("outputs/benchmarks"), models: list[str] | None = None, epochs: int = 3,
         threads: int = 2, knn_sizes=KNN_SIZES, with_accuracy: bool = False,
-        lastfm_epochs: int | None = None, speed: bool = True) -> pd.DataFrame:
+        lastfm_epochs: int | None = None, speed: bool = True,
+        accuracy_l_w: list[float] | None = None) -> pd.DataFrame:
     """The speed and kNN tables (unless `speed` is False); with `lastfm_epochs`, also the Last.fm
     results table; with `with_accuracy`, the accuracy table. Returns the speed table."""
     from mmlib.registry import MODELS
@@ -303,7 +315,7 @@ def run(out: Path = Path("outputs/benchmarks"), models: list[str] | None = None,
         knn_rows.append(row)
         _upsert(out / "knn_graph.csv", knn_rows, "items")
     if with_accuracy:
-        accuracy(out, threads, [m for m in ACCURACY_MODELS if m in models] or ACCURACY_MODELS)
+        accuracy(out, threads, [m for m in ACCURACY_MODELS if m in models] or ACCURACY_MODELS, accuracy_l_w)
     return pd.DataFrame(rows)
 
 
@@ -315,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--knn-sizes", type=int, nargs="*", default=list(KNN_SIZES))
     parser.add_argument("--accuracy", action="store_true", help="also train BPRMF/LightGCN to convergence")
+    parser.add_argument("--accuracy-l-w", type=float, nargs="+", default=None,
+                        help="restrict the --accuracy grid to these l_w values (default: the whole grid)")
     parser.add_argument("--lastfm", action="store_true", help="also the results table on real Last.fm features")
     parser.add_argument("--lastfm-epochs", type=int, default=100, help="epoch cap of the --lastfm runs")
     parser.add_argument("--no-speed", action="store_true",
@@ -336,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     frame = run(args.out_dir, args.models, args.epochs, args.threads, args.knn_sizes, args.accuracy,
-                args.lastfm_epochs if args.lastfm else None, speed=not args.no_speed)
+                args.lastfm_epochs if args.lastfm else None, speed=not args.no_speed,
+                accuracy_l_w=args.accuracy_l_w)
     if not frame.empty:
         print(frame.to_string(index=False))
     return 0
