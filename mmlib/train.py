@@ -293,7 +293,7 @@ def train_and_select(model_name: str, grid: list[dict], base: TrainSpec, data: T
                  spec.validation_metric, trial.best_score, trial.best_epoch, trial.status, trial.seconds)
         trials.append(trial)
     selected = select_trial(model_name, trials)
-    test_eval = test_trial(model_cls, parsed[selected], trials[selected], data, test)
+    test_eval = evaluate_trial(model_cls, parsed[selected], trials[selected], data, test)
     return RunResult(model_name, trials, selected, test_eval, time.perf_counter() - started)
 
 
@@ -308,7 +308,7 @@ def select_trial(model_name: str, trials: list[FitResult], among: list[int] | No
     return max(usable, key=lambda i: (trials[i].best_score, -i))
 
 
-def test_trial(model_cls: type[Recommender], parsed: tuple[TrainSpec, Any], trial: FitResult,
+def evaluate_trial(model_cls: type[Recommender], parsed: tuple[TrainSpec, Any], trial: FitResult,
                data: TrainData, test: sp.csr_matrix) -> Evaluation:
     """Rebuild a trained trial's model from its saved state and evaluate it on `test`."""
     spec, params = parsed

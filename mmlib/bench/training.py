@@ -247,7 +247,7 @@ def accuracy(out: Path, threads: int, models=ACCURACY_MODELS, l_w: list[float] |
     from mmlib.models.base import TrainData
     from mmlib.registry import MODELS
     from mmlib.study import expand_grid, load_model_grid
-    from mmlib.train import protocol_spec, select_trial, split_config, test_trial, train_and_select
+    from mmlib.train import evaluate_trial, protocol_spec, select_trial, split_config, train_and_select
 
     torch.set_num_threads(threads)
     dataset = Dataset.load(out / "datasets" / "baby")
@@ -269,7 +269,7 @@ def accuracy(out: Path, threads: int, models=ACCURACY_MODELS, l_w: list[float] |
         chosen = select_trial(model, run.trials, reachable)
         cls = MODELS.get(model)
         variants = {"full": (run.selected, run.test),
-                    f"l_w <= {MMREC_REACHABLE_L_W:g}": (chosen, test_trial(
+                    f"l_w <= {MMREC_REACHABLE_L_W:g}": (chosen, evaluate_trial(
                         cls, split_config(cls, grid[chosen], spec, "bench"), run.trials[chosen], data, test))}
         for label, (index, evaluation) in variants.items():
             trial = run.trials[index]
