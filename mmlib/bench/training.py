@@ -67,8 +67,8 @@ def _peak_mem_mb() -> float:
 
 
 def baby_dataset(out: Path):
-    from mmlib.data.prepare import DatasetSpec, prepare_dataset
     from mmlib.config import from_mapping
+    from mmlib.data.prepare import DatasetSpec, prepare_dataset
 
     spec = from_mapping(DatasetSpec, {"source": "mmrec", "name": "baby", "path": BABY,
                                       "split": {"strategy": "fixed"}}, "bench")
@@ -89,7 +89,13 @@ def time_model(model_name: str, out: Path, epochs: int, threads: int) -> dict:
     from mmlib.data import Dataset
     from mmlib.models.base import TrainData
     from mmlib.registry import MODELS
-    from mmlib.train import TrainSpec, UniformSampler, evaluate_model, run_epoch, seed_everything
+    from mmlib.train import (
+        TrainSpec,
+        UniformSampler,
+        evaluate_model,
+        run_epoch,
+        seed_everything,
+    )
 
     torch.set_num_threads(threads)
     dataset = Dataset.load(out / "datasets" / "baby")
@@ -247,7 +253,13 @@ def accuracy(out: Path, threads: int, models=ACCURACY_MODELS, l_w: list[float] |
     from mmlib.models.base import TrainData
     from mmlib.registry import MODELS
     from mmlib.study import expand_grid, load_model_grid
-    from mmlib.train import evaluate_trial, protocol_spec, select_trial, split_config, train_and_select
+    from mmlib.train import (
+        evaluate_trial,
+        protocol_spec,
+        select_trial,
+        split_config,
+        train_and_select,
+    )
 
     torch.set_num_threads(threads)
     dataset = Dataset.load(out / "datasets" / "baby")
