@@ -24,7 +24,7 @@ from mmlib.extract import Features, extract_features
 from mmlib.models.base import TrainData
 from mmlib.registry import MODELS
 from mmlib.study import StudySpec
-from mmlib.train import resolve_device, train_and_select
+from mmlib.train import TrialCheckpoints, resolve_device, train_and_select
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +106,12 @@ def train(study: StudySpec, model: str, setting: str | None = None, force: bool 
 
     spec = study.train_spec()
     data = train_data(dataset, features, resolve_device(spec.device), study.output_root / "cache")
+    # finished grid points survive an interruption; `force` retrains them all
+    checkpoints = None if force else TrialCheckpoints(
+        out / "checkpoints", f"{dataset.manifest.get('hash')}/{features.hash() if features else None}")
     result = train_and_select(model, grid, spec, data, dataset.matrix("val"),
-                              dataset.matrix("test", values="rating"), where=study.where)
+                              dataset.matrix("test", values="rating"), where=study.where,
+                              checkpoints=checkpoints)
     out.mkdir(parents=True, exist_ok=True)
     trials = pd.DataFrame([{**t.config, "best_epoch": t.best_epoch, "val_score": t.best_score,
                             "seconds": round(t.seconds, 3), "status": t.status} for t in result.trials])

@@ -12,10 +12,14 @@ import dataclasses
 import difflib
 import itertools
 import logging
+import hashlib
+import json
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -277,18 +281,59 @@ class RunResult:
         return self.trials[self.selected]
 
 
+class TrialCheckpoints:
+    """Finished trials kept on disk, so that an interrupted grid search resumes at the first
+    unfinished configuration, and a grid split over several processes can be assembled by one more
+    run. A trial is keyed by everything that determines it: the model, its parsed hyper-parameters
+    and training spec, and `inputs`, the caller's digest of the data and features it trains on."""
+
+    def __init__(self, directory: Path, inputs: str):
+        self.directory, self.inputs = Path(directory), inputs
+
+    def path(self, model_name: str, spec: TrainSpec, params) -> Path:
+        blob = json.dumps({"model": model_name, "params": dataclasses.asdict(params),
+                           "spec": dataclasses.asdict(spec), "inputs": self.inputs},
+                          sort_keys=True, default=str)
+        return self.directory / f"{model_name}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}.pt"
+
+    def load(self, path: Path) -> FitResult | None:
+        if not path.is_file():
+            return None
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            return FitResult(**saved)
+        except Exception as error:  # a truncated or foreign file is retrained, not trusted
+            log.warning("ignoring unreadable trial checkpoint %s (%s); retraining it", path, error)
+            return None
+
+    def save(self, path: Path, trial: FitResult) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".tmp")
+        torch.save(dataclasses.asdict(trial), partial)
+        os.replace(partial, path)  # atomic: a checkpoint is either whole or absent
+
+
 def train_and_select(model_name: str, grid: list[dict], base: TrainSpec, data: TrainData,
-                     val: sp.csr_matrix, test: sp.csr_matrix, where: str = "models") -> RunResult:
+                     val: sp.csr_matrix, test: sp.csr_matrix, where: str = "models",
+                     checkpoints: TrialCheckpoints | None = None) -> RunResult:
     """Train every grid point, select configuration and epoch on validation, then evaluate the
-    selected model once on test (train items masked, as in the paper)."""
+    selected model once on test (train items masked, as in the paper). With `checkpoints`, a
+    grid point trained before on the same inputs is read back instead of retrained."""
     model_cls = MODELS.get(model_name)
     started = time.perf_counter()
     trials = []
     parsed = [split_config(model_cls, point, base, f"{where}.{model_name}") for point in grid]
     for index, (spec, params) in enumerate(parsed):
         label = f"{model_name} [{index + 1}/{len(parsed)}]"
-        trial = fit(model_cls, params, spec, data, val, label=label)
-        trial.config = {**trial.config, **grid[index]}  # also the training keys the grid varied
+        path = checkpoints.path(model_name, spec, params) if checkpoints else None
+        trial = checkpoints.load(path) if checkpoints else None
+        if trial is not None:
+            log.info("%s read back from %s", label, path)
+        else:
+            trial = fit(model_cls, params, spec, data, val, label=label)
+            trial.config = {**trial.config, **grid[index]}  # also the training keys the grid varied
+            if checkpoints:
+                checkpoints.save(path, trial)
         log.info("%s %s -> val %s=%.4f at epoch %d (%s, %.1fs)", label, trial.config,
                  spec.validation_metric, trial.best_score, trial.best_epoch, trial.status, trial.seconds)
         trials.append(trial)

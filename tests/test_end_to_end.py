@@ -104,3 +104,32 @@ def test_a_run_is_reused_only_while_its_inputs_are_unchanged(tmp_path):
                                   train={"epochs": 2, "eval_every": 1}))
     pipeline.extract(study, "s")
     assert pipeline.train(study, "VBPR", "s")["key"] != first["key"]
+
+
+def test_an_interrupted_grid_search_resumes_at_the_first_unfinished_point(tmp_path, monkeypatch):
+    from mmlib import train as trainer
+
+    tiny = {"source": "synthetic", "name": "tiny-shop", "split": {"strategy": "elliot", "seed": 1},
+            "options": {"n_users": 200, "n_items": 80, "n_interactions": 1600, "seed": 1}}
+    study = load_study(make_study(tmp_path, dataset=tiny, extractors={},
+                                  models={"BPRMF": {"lr": [0.01, 0.005, 0.001], "l_w": 1.0e-5}},
+                                  train={"epochs": 3, "eval_every": 1}))
+    pipeline.prepare(study)
+    real_fit, trained = trainer.fit, []
+
+    def interrupted_at_the_third_point(*args, **kwargs):
+        if len(trained) == 2:
+            raise KeyboardInterrupt
+        trained.append(args[2].lr)
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "fit", interrupted_at_the_third_point)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.train(study, "BPRMF")
+    trained.clear()
+    monkeypatch.setattr(trainer, "fit", lambda *a, **kw: trained.append(a[2].lr) or real_fit(*a, **kw))
+    resumed = pipeline.train(study, "BPRMF")
+    assert trained == [0.001]  # the two finished points were read back
+    retrained = pipeline.train(study, "BPRMF", force=True)
+    assert trained == [0.001, 0.01, 0.005, 0.001]
+    assert resumed["test"] == retrained["test"] and resumed["selected"] == retrained["selected"]

@@ -114,3 +114,33 @@ def test_unknown_grid_key_names_model_and_key():
     data, val = _data()
     with pytest.raises(MmlibError, match=r"models\.BPRMF: unknown key 'factor'\. Did you mean 'factors'"):
         train_and_select("BPRMF", [{"factor": 16}], TrainSpec(), data, val, val)
+
+
+def test_checkpointed_grid_resumes_without_retraining_finished_trials(tmp_path, monkeypatch):
+    data, val = _data()
+    _, test = _data(seed=5)
+    spec = TrainSpec(epochs=4, batch_size=64, eval_every=2, cutoffs=[20])
+    grid = [{"lr": lr, "factors": 8} for lr in (1e-3, 1e-2)]
+    store = trainer.TrialCheckpoints(tmp_path, inputs="data-v1")
+    # an interrupted search: only the second point finished before
+    first = train_and_select("BPRMF", grid[1:], spec, data, val, test, checkpoints=store)
+    trained = []
+    real_fit = trainer.fit
+    monkeypatch.setattr(trainer, "fit", lambda *a, **kw: trained.append(a[1]) or real_fit(*a, **kw))
+    resumed = train_and_select("BPRMF", grid, spec, data, val, test, checkpoints=store)
+    assert [p.factors for p in trained] == [8] and len(trained) == 1  # only the missing point
+    again = resumed.trials[1]
+    assert again.config == first.trials[0].config and again.curve == first.trials[0].curve
+    assert all(torch.equal(again.state[k], first.trials[0].state[k]) for k in again.state)
+    fresh = train_and_select("BPRMF", grid, spec, data, val, test)
+    assert [t.best_score for t in resumed.trials] == [t.best_score for t in fresh.trials]
+    assert resumed.test.mean() == fresh.test.mean()
+    # other inputs are another key; a corrupt file is retrained, not trusted
+    assert len(list(tmp_path.glob("BPRMF-*.pt"))) == 2
+    other = trainer.TrialCheckpoints(tmp_path, inputs="data-v2")
+    assert other.path("BPRMF", *trainer.split_config(BPRMF, grid[0], spec, "t")) not in set(tmp_path.glob("*.pt"))
+    victim = store.path("BPRMF", *trainer.split_config(BPRMF, grid[0], spec, "t"))
+    victim.write_bytes(b"not a checkpoint")
+    trained.clear()
+    train_and_select("BPRMF", grid, spec, data, val, test, checkpoints=store)
+    assert len(trained) == 1

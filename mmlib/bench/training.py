@@ -254,6 +254,7 @@ def accuracy(out: Path, threads: int, models=ACCURACY_MODELS, l_w: list[float] |
     from mmlib.registry import MODELS
     from mmlib.study import expand_grid, load_model_grid
     from mmlib.train import (
+        TrialCheckpoints,
         evaluate_trial,
         protocol_spec,
         select_trial,
@@ -276,7 +277,8 @@ def accuracy(out: Path, threads: int, models=ACCURACY_MODELS, l_w: list[float] |
             if not grid:
                 raise MmlibError(f"bench accuracy: none of l_w {l_w} is in {model}'s mmrec grid.")
         spec = protocol_spec("mmrec", cutoffs=[20], eval_chunk=4096)
-        run = train_and_select(model, grid, spec, data, dataset.matrix("val"), test)
+        run = train_and_select(model, grid, spec, data, dataset.matrix("val"), test,
+                               checkpoints=TrialCheckpoints(out / "accuracy_trials", dataset.manifest["hash"]))
         reachable = [i for i, p in enumerate(grid) if p["l_w"] <= MMREC_REACHABLE_L_W]
         chosen = select_trial(model, run.trials, reachable)
         cls = MODELS.get(model)
