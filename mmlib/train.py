@@ -10,10 +10,10 @@ import contextlib
 import copy
 import dataclasses
 import difflib
-import itertools
-import logging
 import hashlib
+import itertools
 import json
+import logging
 import math
 import os
 import random
