@@ -7,8 +7,9 @@ through the study pipeline exactly as `make reproduce` trains it: one configurat
 validation only, test evaluated once.
 
 Asserted: every trained model beats MostPop on test Recall@20, and the multimodal models the
-issue names (VBPR, LATTICE, BM3, FREEDOM) beat BPRMF. ItemKNN-CBF is the one exception to the
-first rule and is checked against its own bar (see its test).
+issue names (VBPR, LATTICE, BM3, FREEDOM) beat BPRMF. ItemKNN-CBF, which sees content alone,
+beats MostPop given features that carry the items' attributes; with the default features, which
+by the generator's design reveal only part of them, it is checked against random ranking.
 """
 
 from __future__ import annotations
@@ -87,10 +88,9 @@ def test_multimodal_models_beat_bprmf(study, model):
 
 
 def test_content_only_itemknn_cbf_beats_random_ranking(study):
-    """ItemKNN-CBF scores items by content similarity alone, with no popularity term. This shop's
-    choices are popularity-skewed (exponent 0.8), and there it does not reach MostPop (measured:
-    0.069 at k 10; 0.113 at k 200, vs MostPop 0.1665), so its bar is the exact expectation of a
-    uniformly random ranking of each user's unseen items: E[Recall@20] = 20 / candidates."""
+    """ItemKNN-CBF scores items by content similarity alone. With the default features it does not
+    reach MostPop (0.0692 vs 0.1665; see the next test for why), so its bar here is the exact
+    expectation of a uniformly random ranking of each user's unseen items: 20 / candidates."""
     import numpy as np
 
     dataset = pipeline.load_dataset(study)
@@ -99,3 +99,30 @@ def test_content_only_itemknn_cbf_beats_random_ranking(study):
     candidates = dataset.n_items - np.diff(train.indptr)[users]
     random_recall = float(np.mean(np.minimum(20, candidates) / candidates))
     assert recall(study, "ItemKNN-CBF") > 2.0 * random_recall
+
+
+def test_itemknn_cbf_beats_popularity_given_features_that_carry_the_tastes(study):
+    """Why ItemKNN-CBF trails MostPop above is its input, not its scoring: the shop's texts name an
+    item's category by synonyms (TF-IDF cannot match "sneaker" to "shoe") and its colour only 60 %
+    of the time, and colour histograms see colour alone. Measured on this seed: ranking by the true
+    taste affinity alone, no popularity, gives Recall@20 0.566; ItemKNN-CBF (k 10, MMRec's setting)
+    gives 0.0692 with histogram+TF-IDF, about 0.13 with histogram+MiniLM and 0.199 with the items'
+    attributes one-hot. So given features that carry what users choose by, it beats MostPop."""
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from mmlib.train import train_and_select
+
+    dataset = pipeline.load_dataset(study)
+    attributes = pd.read_parquet(dataset.root / "item_attributes.parquet").sort_values("item")
+    assert attributes["item"].tolist() == list(range(dataset.n_items))
+    onehot = pd.get_dummies(attributes[["category", "colour", "shape", "pattern", "price_band"]].astype(str))
+    data = pipeline.train_data(dataset, None, torch.device("cpu"))
+    data.features["attributes"] = torch.as_tensor(onehot.to_numpy(np.float32))
+    data.masks["attributes"] = torch.ones(dataset.n_items, dtype=torch.bool)
+    run = train_and_select("ItemKNN-CBF", [{"k": 10, "shrink": 10.0}], study.train_spec(), data,
+                           dataset.matrix("val"), dataset.matrix("test", values="rating"))
+    with_attributes = run.test.mean()["Recall@20"]
+    print(f"ItemKNN-CBF on one-hot attributes: test Recall@20 {with_attributes:.4f}")
+    assert with_attributes > 1.1 * recall(study, "MostPop")  # measured 1.195x
