@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from mmlib.bench import training
-from mmlib.errors import MmlibError
 from mmlib.data.prepare import data_root
+from mmlib.errors import MmlibError
 
 
 def test_partial_rerun_replaces_its_rows_and_keeps_the_others(tmp_path):
@@ -30,6 +30,7 @@ def test_lastfm_table_on_real_features(tmp_path):
     assert list(rows.index) == ["MostPop", "BPRMF", "VBPR"] and "error" not in rows.columns
     assert rows.loc["VBPR", "features"] == "textual+audio" and rows.loc["BPRMF", "features"] == "none"
     assert (rows["status"] == "ok").all() and rows.loc["BPRMF", "epochs_run"] == 15
+    assert (rows["configurations"] == 1).all()  # only SimGCL's contrastive weight is searched here
     # Last.fm listening is popularity-heavy, but 15 epochs of BPR already rank better than it
     assert rows.loc["BPRMF", "Recall@20"] > rows.loc["MostPop", "Recall@20"] > 0.05
     assert (tmp_path / "lastfm_results.md").read_text().startswith("| model |")
@@ -39,9 +40,10 @@ def test_lastfm_table_on_real_features(tmp_path):
 
 
 @pytest.mark.slow
-def test_accuracy_table_reports_full_and_mmrec_reachable_selection(tmp_path):
-    """The accuracy run on a small stand-in for Baby: both selections are made on validation and
-    written beside the published numbers."""
+def test_accuracy_table_reports_both_regulariser_forms_and_resumes_from_checkpoints(tmp_path, monkeypatch):
+    """The accuracy run on a small stand-in for Baby: one validation-selected result per regulariser
+    form, beside the published numbers; a second run reads every trial back instead of training."""
+    from mmlib import train as trainer
     from mmlib.config import from_mapping
     from mmlib.data.prepare import DatasetSpec, prepare_dataset
 
@@ -51,15 +53,19 @@ def test_accuracy_table_reports_full_and_mmrec_reachable_selection(tmp_path):
                                       "split": {"strategy": "mmrec", "seed": 3}}, "test")
     prepare_dataset(spec, tmp_path / "datasets" / "baby")
     frame = training.accuracy(tmp_path, threads=1, models=["BPRMF"])
-    assert list(frame["grid"].unique()) == ["full", "l_w <= 0.01"] and len(frame) == 4
+    assert list(frame["regulariser"]) == ["squared", "squared", "norm", "norm"]
+    assert list(frame["metric"]) == ["Recall@20", "nDCG@20"] * 2
     assert (frame["published"] == [0.0575, 0.0249] * 2).all() and frame["ours"].between(0, 1).all()
-    full, reachable = frame[frame["grid"] == "full"].iloc[0], frame[frame["grid"] != "full"].iloc[0]
-    assert json.loads(reachable["selected"])["l_w"] <= 0.01
-    assert full["val_Recall@20"] >= reachable["val_Recall@20"]  # the full grid includes the sub-grid
     assert (frame["configurations"] == 7).all()
+    assert [json.loads(s)["reg_form"] for s in frame["selected"]] == ["squared", "squared", "norm", "norm"]
+    assert len(list((tmp_path / "accuracy_trials").glob("BPRMF-*.pt"))) == 14
 
-    restricted = training.accuracy(tmp_path, threads=1, models=["BPRMF"], l_w=[0.01])
-    assert (restricted["configurations"] == 1).all()
+    monkeypatch.setattr(trainer, "fit", lambda *a, **kw: pytest.fail("a checkpointed trial was retrained"))
+    again = training.accuracy(tmp_path, threads=1, models=["BPRMF"])
+    assert again.equals(frame)  # train_sec too: trials keep their own training time
+
+    restricted = training.accuracy(tmp_path, threads=1, models=["BPRMF"], l_w=[0.01], reg_forms=["norm"])
+    assert (restricted["configurations"] == 1).all() and set(restricted["regulariser"]) == {"norm"}
     assert {json.loads(s)["l_w"] for s in restricted["selected"]} == {0.01}
     with pytest.raises(MmlibError, match="none of l_w"):
         training.accuracy(tmp_path, threads=1, models=["BPRMF"], l_w=[0.5])

@@ -14,8 +14,14 @@ import torch
 
 import mmlib.models  # noqa: F401  (fills the registry)
 from mmlib.models.base import TrainData
-from mmlib.models.graph import SparsePattern, bipartite_adjacency, knn_graph, propagate, sparse_cosine_topk, \
-    to_torch_sparse
+from mmlib.models.graph import (
+    SparsePattern,
+    bipartite_adjacency,
+    knn_graph,
+    propagate,
+    sparse_cosine_topk,
+    to_torch_sparse,
+)
 from mmlib.registry import MODELS
 from mmlib.train import TrainSpec, UniformSampler, seed_everything, train_and_select
 from tests.conftest import REPO
@@ -116,6 +122,37 @@ def test_evaluation_cache_is_used_then_dropped_when_training_resumes():
 # Cosines: (i0,i1) = 1, (i0,i2) = (i1,i2) = 1/2, (i2,i3) = 1/sqrt 2, (i0,i3) = (i1,i3) = 0.
 KNN_MATRIX = matrix([[0, 1], [0, 1, 2], [2, 3]], 4)
 S2 = 1 / math.sqrt(2)
+
+
+@pytest.mark.parametrize("name", ["BPRMF", "LightGCN"])
+def test_mmrec_norm_regulariser_by_hand(name):
+    """reg_form "norm" is MMRec's EmbLoss: sum of the batch matrices' unsquared Frobenius norms /
+    batch; "squared" is 0.5 * sum of squares / batch. Both on the ego embeddings of the batch."""
+    from mmlib.models.base import Batch
+
+    data = TrainData(n_users=3, n_items=4, train=THREE_BY_FOUR)
+    batch = Batch(torch.tensor([0, 1]), torch.tensor([1, 2]), torch.tensor([3, 0]))
+    extra = {"n_layers": 1} if name == "LightGCN" else {}
+
+    def loss(form, l_w):
+        model = build(name, data, factors=2, l_w=l_w, reg_form=form, **extra)
+        with torch.no_grad():
+            model.user_emb.weight.copy_(torch.tensor([[3.0, 4.0], [0.0, 0.0], [1.0, 1.0]]))
+            model.item_emb.weight.copy_(torch.tensor([[0.0, 2.0], [1.0, 0.0], [0.0, 0.0], [2.0, 0.0]]))
+        return model.loss(batch).item()
+
+    penalty = {form: loss(form, 0.5) - loss(form, 0.0) for form in ("squared", "norm")}
+    # batch ego rows: users (3,4),(0,0): |U|=5; positives (1,0),(0,0): 1; negatives (2,0),(0,2): sqrt(8)
+    assert penalty["squared"] == pytest.approx(0.5 * 0.5 * (25 + 1 + 8) / 2, abs=1e-5)
+    assert penalty["norm"] == pytest.approx(0.5 * (5 + 1 + math.sqrt(8)) / 2, abs=1e-5)
+
+
+def test_unknown_regulariser_form_is_a_clear_error():
+    from mmlib.errors import MmlibError
+
+    data = TrainData(n_users=3, n_items=4, train=THREE_BY_FOUR)
+    with pytest.raises(MmlibError, match="LightGCN: reg_form must be one of.*got 'l1'"):
+        build("LightGCN", data, reg_form="l1")
 
 
 def test_itemknn_hand_computed_scores():

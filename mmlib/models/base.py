@@ -132,3 +132,25 @@ def l2_penalty(*tensors: torch.Tensor) -> torch.Tensor:
     """0.5 * sum of squared entries, divided by the batch size (the first dimension)."""
     batch = tensors[0].shape[0]
     return 0.5 * sum(t.pow(2).sum() for t in tensors) / batch
+
+
+def norm_penalty(*tensors: torch.Tensor) -> torch.Tensor:
+    """Sum of the tensors' (unsquared) Frobenius norms, divided by the batch size: MMRec's EmbLoss.
+    Its gradient on a row e is e / (|E|_F * batch), so a weight w acts like a squared-L2 weight of
+    w / |E|_F: the same number regularises far less than in `l2_penalty`."""
+    batch = tensors[0].shape[0]
+    return sum(t.norm() for t in tensors) / batch
+
+
+REG_FORMS = {"squared": l2_penalty, "norm": norm_penalty}
+
+
+def embedding_penalty(form: str, *tensors: torch.Tensor) -> torch.Tensor:
+    """The embedding regulariser named by a model's `reg_form` parameter."""
+    return REG_FORMS[form](*tensors)
+
+
+def check_reg_form(model: str, form: str) -> None:
+    if form not in REG_FORMS:
+        raise MmlibError(f"{model}: reg_form must be one of {sorted(REG_FORMS)} ('squared': the papers' "
+                         f"0.5 * |E|^2 / batch; 'norm': MMRec's EmbLoss |E| / batch), got {form!r}.")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mmlib.models.base import Batch, Recommender, TrainData, bpr_loss, l2_penalty
+from mmlib.models.base import Batch, Recommender, TrainData, bpr_loss, check_reg_form, embedding_penalty
 from mmlib.registry import MODELS
 
 
@@ -21,9 +21,11 @@ class BPRMF(Recommender):
     class Params:
         factors: int = 64  # embedding size
         l_w: float = 1e-5  # L2 weight on the batch's embeddings
+        reg_form: str = "squared"  # "squared": Elliot's 0.5 |E|^2 / batch; "norm": MMRec's |E| / batch
 
     def __init__(self, params: Params, data: TrainData):
         super().__init__(params, data)
+        check_reg_form("BPRMF", params.reg_form)
         self.user_emb = nn.Embedding(data.n_users, params.factors)
         self.item_emb = nn.Embedding(data.n_items, params.factors)
         nn.init.xavier_uniform_(self.user_emb.weight)
@@ -34,7 +36,7 @@ class BPRMF(Recommender):
         i = self.item_emb(batch.pos)
         j = self.item_emb(batch.neg)
         ranking = bpr_loss((u * i).sum(-1), (u * j).sum(-1))
-        return ranking + self.params.l_w * l2_penalty(u, i, j)
+        return ranking + self.params.l_w * embedding_penalty(self.params.reg_form, u, i, j)
 
     def score(self, users: torch.Tensor) -> torch.Tensor:
         return self.user_emb(users) @ self.item_emb.weight.T

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from mmlib.errors import MmlibError
-from mmlib.models.base import Batch, Recommender, TrainData, bpr_loss, l2_penalty
+from mmlib.models.base import Batch, Recommender, TrainData, bpr_loss, check_reg_form, embedding_penalty
 from mmlib.models.graph import SparsePattern, bipartite_adjacency, propagate
 from mmlib.registry import MODELS
 
@@ -30,6 +30,7 @@ class LightGCN(Recommender):
         factors: int = 64  # embedding size
         n_layers: int = 3  # propagation layers (0 = matrix factorisation)
         l_w: float = 1e-5  # L2 weight on the batch's ego embeddings (paper grid {1e-5, 1e-2})
+        reg_form: str = "squared"  # "squared": the paper's 0.5 |E|^2 / batch; "norm": MMRec's |E| / batch
 
     def __init__(self, params: Params, data: TrainData):
         super().__init__(params, data)
@@ -46,6 +47,7 @@ class LightGCN(Recommender):
         if params.factors < 1 or params.n_layers < 0 or params.l_w < 0:
             raise MmlibError(f"{name}: factors ({params.factors}) must be positive, n_layers "
                              f"({params.n_layers}) and l_w ({params.l_w}) non-negative.")
+        check_reg_form(name, params.reg_form)
 
     # -- embeddings ------------------------------------------------------------------------------
     def ego(self) -> torch.Tensor:
@@ -64,7 +66,7 @@ class LightGCN(Recommender):
         u, i, j = users[batch.users], items[batch.pos], items[batch.neg]
         ranking = bpr_loss((u * i).sum(-1), (u * j).sum(-1))
         ego = (self.user_emb(batch.users), self.item_emb(batch.pos), self.item_emb(batch.neg))
-        return ranking + self.params.l_w * l2_penalty(*ego)
+        return ranking + self.params.l_w * embedding_penalty(self.params.reg_form, *ego)
 
     def loss(self, batch: Batch) -> torch.Tensor:
         return self.ranking_loss(batch, *self.embeddings())

@@ -46,6 +46,7 @@ class SGL(LightGCN):
         factors: int = 64  # embedding size
         n_layers: int = 3  # LightGCN layers
         l_w: float = 1e-4  # L2 weight on the batch's ego embeddings (SGL paper: 1e-4)
+        reg_form: str = "squared"  # as LightGCN: "squared" (the paper's) or "norm" (MMRec's EmbLoss)
         ssl_weight: float = 0.1  # weight of the contrastive term (SGL paper's lambda_1)
         temperature: float = 0.2  # InfoNCE temperature tau
         drop_ratio: float = 0.1  # share of edges each view drops (SGL paper's rho), redrawn each epoch

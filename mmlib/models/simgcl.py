@@ -34,6 +34,7 @@ class SimGCL(LightGCN):
         factors: int = 64  # embedding size
         n_layers: int = 3  # propagation layers (at least 1: layer 0 is not part of the output)
         l_w: float = 1e-4  # L2 weight on the batch's ego embeddings (paper's Elliot config)
+        reg_form: str = "squared"  # as LightGCN: "squared" (the paper's) or "norm" (MMRec's EmbLoss)
         reg_cl: float = 0.5  # weight of the contrastive term (paper's Elliot grid {0.5, 2})
         eps: float = 0.1  # length of the noise added to every node after every layer
         temperature: float = 0.2  # InfoNCE temperature (hard-coded 0.2 in the anchor)
