@@ -2,6 +2,7 @@
 
 x_ui = <gamma_u, gamma_i>; loss = softplus(x_uj - x_ui) + l_w * 0.5 * ||(gamma_u, gamma_i, gamma_j)||^2 / batch,
 the Elliot form used by the paper (factors 64; grid lr x l_w in params/models/BPRMF.yaml).
+`reg_form: norm` swaps the penalty for MMRec's EmbLoss, l_w * sum of |E|_F / batch (unsquared).
 """
 
 from __future__ import annotations

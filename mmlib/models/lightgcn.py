@@ -3,7 +3,8 @@
 E^(l+1) = Â E^(l) with Â = D^-1/2 A D^-1/2 the normalised bipartite adjacency (no self-loops, no
 weights, no non-linearity); the final embedding is the mean of E^(0..L); x_ui = <e_u, e_i>.
 Loss = BPR + l_w * 0.5 * ||(e_u^(0), e_i^(0), e_j^(0))||^2 / batch: the L2 term is on the *ego*
-(layer-0) embeddings of the batch, as in the paper. Xavier initialisation (as the paper states).
+(layer-0) embeddings of the batch, as in the paper (`reg_form: norm`: MMRec's unsquared EmbLoss
+instead). Xavier initialisation (as the paper states).
 
 The propagated embeddings are computed once per training step and, for evaluation, once per
 full-ranking pass (`on_evaluation_start`), then reused by every block of users; the cache is

@@ -10,6 +10,9 @@ Loss = BPR(clean) + reg_cl * (InfoNCE_users + InfoNCE_items) + l_w * L2(ego embe
 InfoNCE with cosine similarity and temperature 0.2 over the batch's distinct users and positive
 items (in-batch negatives), averaged over nodes. Defaults are the paper's Elliot configuration
 (eps 0.1, l_w 1e-4, 3 layers, temperature 0.2; reg_cl grid {0.5, 2} in params/models/SimGCL.yaml).
+On a small dense dataset that grid is far too strong: on Last.fm-2K (mmrec protocol, lr 1e-3)
+reg_cl 0.5 and 0.1 both peak on validation within 4 epochs at Recall@20 0.14 and then fall, while
+0.01 reaches 0.37 (0 reaches 0.33), so search lower weights there.
 """
 
 from __future__ import annotations
