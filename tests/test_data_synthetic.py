@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pandas as pd
@@ -16,14 +15,12 @@ from mmlib.errors import MmlibError
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory):
     out = tmp_path_factory.mktemp("shop")
-    start = time.perf_counter()
     items, users, inter, info = generate_synthetic(out, {})
-    return out, items, users, inter, info, time.perf_counter() - start
+    return out, items, users, inter, info
 
 
-def test_default_sizes_and_speed(shop):
-    out, items, users, inter, info, seconds = shop
-    assert seconds < 10
+def test_default_sizes(shop):  # timing belongs in benchmarks, not in a test on a shared machine
+    out, items, users, inter, info = shop
     assert len(users) == 2000 and len(items) == 800
     assert 27_000 <= len(inter) <= 33_000
     counts = inter.groupby("user").size()

@@ -121,9 +121,7 @@ def test_extractor_contract(name, tiny, tmp_path, caplog):
     setting = {m: {"extractor": name} for m in cls.modalities}
 
     caplog.set_level(logging.INFO, logger="mmlib")
-    t0 = time.perf_counter()
     feats = extract_features(tiny, "k", setting, tmp_path / "a")
-    first_s = time.perf_counter() - t0
     again = extract_features(tiny, "k", setting, tmp_path / "b")  # a fresh folder: recomputed
 
     assert isinstance(feats, Features) and feats.root == tmp_path / "a" / "k"
@@ -167,11 +165,8 @@ def test_extractor_contract(name, tiny, tmp_path, caplog):
     created = {m: man["modalities"][m]["created"] for m in cls.modalities}
     mtimes = {m: (feats.root / f"{m}.npy").stat().st_mtime_ns for m in cls.modalities}
     caplog.clear()
-    t0 = time.perf_counter()
     cached = extract_features(tiny, "k", setting, tmp_path / "a")
-    cached_s = time.perf_counter() - t0
-    assert "reusing cached features" in caplog.text
-    assert cached_s < max(first_s, 0.5)
+    assert "reusing cached features" in caplog.text  # and below: files untouched, not recomputed
     for m in cls.modalities:
         assert cached.manifest["modalities"][m]["created"] == created[m]
         assert (feats.root / f"{m}.npy").stat().st_mtime_ns == mtimes[m]
@@ -280,7 +275,7 @@ def test_setting_errors_name_the_culprit(tiny, tmp_path, setting, needle, monkey
     t0 = time.perf_counter()
     with pytest.raises(MmlibError) as info:
         extract_features(tiny, "setting7", setting, tmp_path)
-    assert time.perf_counter() - t0 < 5.0
+    assert time.perf_counter() - t0 < 30.0  # an error, not a hang on hub retries
     message = str(info.value)
     assert needle in message and "setting7" in message and list(setting)[0] in message
     assert not (tmp_path / "setting7" / "visual.npy").exists()

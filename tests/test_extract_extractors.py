@@ -179,7 +179,7 @@ def test_missing_checkpoint_fails_fast(monkeypatch):
         t0 = time.perf_counter()
         with pytest.raises(MmlibError) as info:
             build_extractor({"extractor": "sentence_transformers", "checkpoint": checkpoint}).spec()
-        assert time.perf_counter() - t0 < 5.0
+        assert time.perf_counter() - t0 < 30.0  # an error, not a hang on hub retries
         assert checkpoint in str(info.value)
 
 

@@ -514,7 +514,7 @@ def test_missing_checkpoint_fails_fast(name, tiny, tmp_path, monkeypatch):
         t0 = time.perf_counter()
         with pytest.raises(MmlibError) as info:
             extract_features(tiny, "k", s, tmp_path / "f")
-        assert time.perf_counter() - t0 < 5.0
+        assert time.perf_counter() - t0 < 30.0  # an error, not a hang on hub retries
         assert f"huggingface-cli download {checkpoint}" in str(info.value), str(info.value)
 
 
