@@ -325,8 +325,10 @@ def train_and_select(model_name: str, grid: list[dict], base: TrainSpec, data: T
     parsed = [split_config(model_cls, point, base, f"{where}.{model_name}") for point in grid]
     for index, (spec, params) in enumerate(parsed):
         label = f"{model_name} [{index + 1}/{len(parsed)}]"
-        path = checkpoints.path(model_name, spec, params) if checkpoints else None
-        trial = checkpoints.load(path) if checkpoints else None
+        trial = None
+        if checkpoints:
+            path = checkpoints.path(model_name, spec, params)
+            trial = checkpoints.load(path)
         if trial is not None:
             log.info("%s read back from %s", label, path)
         else:
@@ -337,26 +339,13 @@ def train_and_select(model_name: str, grid: list[dict], base: TrainSpec, data: T
         log.info("%s %s -> val %s=%.4f at epoch %d (%s, %.1fs)", label, trial.config,
                  spec.validation_metric, trial.best_score, trial.best_epoch, trial.status, trial.seconds)
         trials.append(trial)
-    selected = select_trial(model_name, trials)
-    test_eval = evaluate_trial(model_cls, parsed[selected], trials[selected], data, test)
-    return RunResult(model_name, trials, selected, test_eval, time.perf_counter() - started)
-
-
-def select_trial(model_name: str, trials: list[FitResult], among: list[int] | None = None) -> int:
-    """Index of the trial with the best validation score (among `among`, default all); ties go to
-    the earlier grid point. Test data plays no part."""
-    candidates = range(len(trials)) if among is None else among
-    usable = [i for i in candidates if trials[i].state is not None]
+    usable = [i for i, t in enumerate(trials) if t.state is not None]
     if not usable:
-        reasons = "; ".join(f"{trials[i].config}: {trials[i].status}" for i in candidates)
+        reasons = "; ".join(f"{t.config}: {t.status}" for t in trials)
         raise MmlibError(f"Every configuration of {model_name} failed: {reasons}")
-    return max(usable, key=lambda i: (trials[i].best_score, -i))
-
-
-def evaluate_trial(model_cls: type[Recommender], parsed: tuple[TrainSpec, Any], trial: FitResult,
-               data: TrainData, test: sp.csr_matrix) -> Evaluation:
-    """Rebuild a trained trial's model from its saved state and evaluate it on `test`."""
-    spec, params = parsed
+    selected = max(usable, key=lambda i: (trials[i].best_score, -i))  # ties: the earlier grid point
+    spec, params = parsed[selected]
     model = model_cls(params, data).to(data.device)
-    model.load_state_dict(trial.state)
-    return evaluate_model(model, data.train, test, spec)
+    model.load_state_dict(trials[selected].state)
+    test_eval = evaluate_model(model, data.train, test, spec)
+    return RunResult(model_name, trials, selected, test_eval, time.perf_counter() - started)

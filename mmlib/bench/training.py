@@ -3,7 +3,7 @@ every registered model on the real interactions of Amazon Baby (MMRec's split: 1
 7,050 items), plus the blockwise kNN item graph at 7k / 30k / 100k items.
 
     mmlib bench training [--models BPRMF LightGCN ...] [--epochs 3] [--lastfm] [--accuracy]
-                         [--accuracy-l-w 1e-6 ...] [--no-speed]
+                         [--accuracy-l-w 1e-6 ...] [--accuracy-reg-forms norm] [--no-speed]
 
 Writes `<out>/training.csv` (model, sec_per_epoch, eval_sec, setup_sec, peak_mem_mb, ...) and
 `<out>/knn_graph.csv` (items, dim, k, sec, peak_mem_mb). The shipped Baby set has no features
@@ -24,10 +24,11 @@ like-for-like table of the zoo on real content, not a tuned leaderboard: no grid
 `--accuracy` also trains BPRMF and LightGCN (3 layers) to convergence under the `mmrec` protocol
 (early stopping after 20 validations without gain on validation Recall@20, lr 1e-3, the
 regularisation grid of params/models/<Model>.yaml, selection on validation only) and writes
-`<out>/accuracy.csv` (model, grid, metric, ours, published) beside MMRec's published numbers,
-selected over the whole grid and over the part of it MMRec's regulariser can reach (see
-`accuracy`). The whole grid takes hours on a 2-core CPU (BPRMF 21 min, LightGCN ~2 h):
-`--accuracy-l-w` restricts it. Not part of CI.
+`<out>/accuracy.csv` (model, regulariser, metric, ours, published) beside MMRec's published
+numbers, once with our squared L2 and once with MMRec's EmbLoss (see `accuracy`). Both grids take
+hours on a 2-core CPU (LightGCN ~15 min per grid point on one thread); every finished point is
+checkpointed, and `--accuracy-l-w` / `--accuracy-reg-forms` split the work over processes. Not
+part of CI.
 """
 
 from __future__ import annotations
