@@ -1,14 +1,16 @@
 """Strict construction of typed specs (dataclasses) from YAML mappings.
 
 Every spec in mmlib is a dataclass; `from_mapping` fills it from a dict and rejects unknown keys,
-wrong types and missing required fields with an error that names where the value came from
-(e.g. "params/default.yaml: models.VBPR.lr").
+wrong types, missing required fields, non-finite numbers and values outside a field's declared
+range, with an error that names where the value came from (e.g. "params/default.yaml:
+models.VBPR.lr"). A range is declared once, next to the field: `factors: int = param(64, ge=1)`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -19,6 +21,35 @@ import yaml
 from mmlib.errors import MmlibError
 
 S = TypeVar("S")
+
+
+_BOUNDS = {"ge": (lambda v, b: v >= b, ">="), "gt": (lambda v, b: v > b, ">"),
+           "le": (lambda v, b: v <= b, "<="), "lt": (lambda v, b: v < b, "<")}
+
+
+def param(default: Any, **bounds: float) -> Any:
+    """A dataclass field with a declared range, checked by `from_mapping` whenever a value is given:
+    `param(64, ge=1)`, `param(0.1, ge=0, lt=1)`. A list default is copied per instance."""
+    unknown = set(bounds) - set(_BOUNDS)
+    if unknown:
+        raise TypeError(f"param(): unknown bound(s) {sorted(unknown)}; use {sorted(_BOUNDS)}")
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata=bounds)
+    return dataclasses.field(default=default, metadata=bounds)
+
+
+def _check_bounds(value: Any, bounds: typing.Mapping, where: str) -> None:
+    if value is None or isinstance(value, bool):
+        return
+    values = value if isinstance(value, (list, tuple)) else [value]
+    for v in values:
+        if not isinstance(v, (int, float)):
+            continue
+        for name, bound in bounds.items():
+            test, symbol = _BOUNDS[name]
+            if not test(v, bound):
+                raise MmlibError(f"{where.rstrip(':')}: {value!r} is out of range; it must be "
+                                 f"{symbol} {bound}.")
 
 
 def load_yaml(path: Path | str) -> dict:
@@ -77,9 +108,11 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
         return float(value)
     if hint is float and isinstance(value, str):  # YAML reads 1e-5 (no dot) as a string
         try:
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
+    if hint is float and isinstance(value, float) and not math.isfinite(value):
+        raise MmlibError(f"{where.rstrip(':')}: {value!r} is not a finite number.")
     if isinstance(hint, type):
         if hint is int and isinstance(value, bool):
             raise MmlibError(f"{where.rstrip(':')}: expected an integer, got {value!r}.")
@@ -116,6 +149,7 @@ def from_mapping(cls: type[S], data: Any, where: str) -> S:
     for name, f in fields.items():
         if name in data:
             kwargs[name] = _check_type(data[name], hints[name], _join(where, name))
+            _check_bounds(kwargs[name], f.metadata, _join(where, name))
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise MmlibError(f"{where.rstrip(':')}: missing required key {name!r}.")
     try:

@@ -27,7 +27,7 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
-from mmlib.config import from_mapping
+from mmlib.config import from_mapping, param
 from mmlib.errors import MmlibError
 from mmlib.evaluate import Evaluation, full_ranking, parse_metric
 from mmlib.models.base import Batch, Recommender, TrainData
@@ -40,28 +40,28 @@ log = logging.getLogger(__name__)
 class TrainSpec:
     """How a configuration is trained and selected (any field may also appear in a model's grid)."""
 
-    epochs: int = 200
-    batch_size: int = 1024
-    lr: float = 1e-3
+    epochs: int = param(200, ge=1)
+    batch_size: int = param(1024, ge=1)
+    lr: float = param(1e-3, gt=0)
     # LambdaLR factor a ** (epoch / b) per epoch, as MMRec's `learning_rate_scheduler: [a, b]`;
     # [1.0, 50] is constant; LATTICE's anchor uses [0.96, 50].
-    lr_scheduler: list[float] = field(default_factory=lambda: [1.0, 50.0])
-    eval_every: int = 10  # validate every n epochs (and after the last)
-    patience: int | None = None  # stop after this many validations without gain; None: never
+    lr_scheduler: list[float] = param([1.0, 50.0], gt=0)
+    eval_every: int = param(10, ge=1)  # validate every n epochs (and after the last)
+    patience: int | None = param(None, ge=1)  # stop after this many validations without gain; None: never
     validation_metric: str = "Recall@20"
-    cutoffs: list[int] = field(default_factory=lambda: [10, 20])
+    cutoffs: list[int] = param([10, 20], ge=1)
     graded_ndcg: bool = False  # Elliot computes nDCG with gains 2^(rating+1)-1
-    seed: int = 123
+    seed: int = param(123, ge=0)
     device: str = "cpu"  # "cpu", "cuda", or "auto"
-    threads: int | None = None  # torch intra-op threads on CPU; None: torch's default (all cores)
-    eval_chunk: int = 2048  # users scored at once
+    threads: int | None = param(None, ge=1)  # torch intra-op threads on CPU; None: torch's default (all cores)
+    eval_chunk: int = param(2048, ge=1)  # users scored at once
 
     def __post_init__(self):
         parse_metric(self.validation_metric)
-        if self.epochs < 1 or self.batch_size < 1 or self.eval_every < 1:
-            raise MmlibError("epochs, batch_size and eval_every must be positive integers.")
-        if len(self.lr_scheduler) != 2 or self.lr_scheduler[1] <= 0:
-            raise MmlibError(f"lr_scheduler must be [factor, every] with every > 0, got {self.lr_scheduler}.")
+        if len(self.lr_scheduler) != 2:
+            raise MmlibError(f"lr_scheduler must be [factor, every] with both > 0, got {self.lr_scheduler}.")
+        if not self.cutoffs:
+            raise MmlibError("cutoffs must list at least one positive integer, e.g. [10, 20].")
 
 
 PROTOCOLS: dict[str, dict[str, Any]] = {
