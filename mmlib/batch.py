@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mmlib.errors import MmlibError
+from mmlib.storage import artifact_lock, temporary_name
 from mmlib.study import StudySpec, load_study
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,30 @@ def plan(study_path: Path, study: StudySpec) -> list[Job]:
     return jobs
 
 
+def _execute(job: Job, kernel: str, papermill) -> None:
+    """Execute one notebook into a temporary file renamed into place when it ends, so that an
+    executed notebook is never seen half-written; one process at a time per output notebook."""
+    with artifact_lock(job.output.with_name(f".{job.output.name}.lock"), f"notebook {job.label}"):
+        tmp = temporary_name(job.output)
+        tmp = tmp.with_name(tmp.name + ".ipynb")  # papermill wants the extension
+        try:
+            papermill.execute_notebook(
+                str(NOTEBOOKS / job.notebook), str(tmp), parameters=job.parameters,
+                kernel_name=kernel, cwd=str(NOTEBOOKS), progress_bar=False,
+            )
+        except papermill.PapermillExecutionError as exc:
+            os.replace(tmp, job.output)  # the failed notebook, traceback included, is the record
+            raise MmlibError(
+                f"notebook {job.notebook} failed in job {job.label}: {exc.ename}: {exc.evalue}\n"
+                f"The executed notebook with the traceback is {job.output}; earlier jobs' artifacts "
+                "are kept and reused when you re-run."
+            ) from None
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        os.replace(tmp, job.output)
+
+
 def run_batch(study_path: Path | str, kernel: str = "python3", only: str | None = None) -> list[Job]:
     """Execute every job of the study (or those whose label contains `only`)."""
     import papermill  # heavy import: only when a batch really runs
@@ -59,19 +84,8 @@ def run_batch(study_path: Path | str, kernel: str = "python3", only: str | None 
     if not jobs:
         raise MmlibError(f"no job of study {study.name} matches {only!r}.")
     for index, job in enumerate(jobs, 1):
-        job.output.parent.mkdir(parents=True, exist_ok=True)
         log.info("[%d/%d] %s", index, len(jobs), job.label)
         started = time.perf_counter()
-        try:
-            papermill.execute_notebook(
-                str(NOTEBOOKS / job.notebook), str(job.output), parameters=job.parameters,
-                kernel_name=kernel, cwd=str(NOTEBOOKS), progress_bar=False,
-            )
-        except papermill.PapermillExecutionError as exc:
-            raise MmlibError(
-                f"notebook {job.notebook} failed in job {job.label}: {exc.ename}: {exc.evalue}\n"
-                f"The executed notebook with the traceback is {job.output}; earlier jobs' artifacts "
-                "are kept and reused when you re-run."
-            ) from None
+        _execute(job, kernel, papermill)
         log.info("[%d/%d] %s done in %.1fs", index, len(jobs), job.label, time.perf_counter() - started)
     return jobs

@@ -14,7 +14,9 @@ Recall@k = hits/|R|; Precision@k = hits/k (always k, even if fewer than k items 
 HR@k = any hit; MRR@k = 1/rank of the first hit; MAP@k = sum_i hit_i * Precision@i / min(|R|, k);
 nDCG@k = DCG/IDCG with gains 1 (binary) or 2**(rating+1) - 1 (graded, Elliot with threshold 0),
 discount 1/log2(i+1), IDCG over the user's own held-out gains sorted descending. Only nDCG is graded.
-A user without relevant items gets NaN for every metric.
+A user without relevant items gets NaN for every metric. `full_ranking` over its default users
+(every user with a held-out and a training interaction) guarantees a finite value for every user
+and metric, or raises: a mean is never silently taken over fewer users than were evaluated.
 """
 
 from __future__ import annotations
@@ -262,11 +264,16 @@ class Evaluation:
     per_user: dict[str, np.ndarray]  # "Recall@20" -> vector aligned with users (for significance tests)
 
     def mean(self) -> dict[str, float]:
-        """Average over users; users with NaN (no relevant items) are left out of the average."""
+        """Average over users; users with NaN (no relevant items, only possible when the users were
+        given explicitly) are left out: `counts()` says over how many users each mean is."""
         return {
             name: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
             for name, v in self.per_user.items()
         }
+
+    def counts(self) -> dict[str, int]:
+        """How many users each metric's mean is taken over (those with a finite value)."""
+        return {name: int(np.isfinite(v).sum()) for name, v in self.per_user.items()}
 
     def to_frame(self) -> pd.DataFrame:
         """One row per user: column "user" then one column per metric."""
@@ -292,7 +299,13 @@ def full_ranking(
     """
     train = _canonical(train, "train")
     heldout = _canonical(heldout, "heldout", *train.shape)
+    if not np.isfinite(heldout.data).all():
+        raise MmlibError(
+            f"heldout holds {int((~np.isfinite(heldout.data)).sum())} non-finite value(s) (e.g. an "
+            "inf rating): graded metrics would be NaN for those users. Fix the ratings in the source."
+        )
     n_users, n_items = train.shape
+    default_users = users is None
     cuts = _cutoffs(cutoffs)
     names = [_metric_name(m) for m in metrics]
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
@@ -322,4 +335,13 @@ def full_ranking(
     per_user = {
         key: np.concatenate([p[key] for p in parts]) if parts else np.zeros(0) for key in keys
     }
+    if default_users:  # every evaluated user has held-out items, so every value must be finite
+        for key, values in per_user.items():
+            bad = ~np.isfinite(values)
+            if bad.any():
+                raise MmlibError(
+                    f"{key} is not finite for {int(bad.sum())} of {len(users)} evaluated users (first: "
+                    f"user {int(users[np.flatnonzero(bad)[0]])}); a mean would silently leave them out. "
+                    "Check the held-out values and the model's scores."
+                )
     return Evaluation(users=users, per_user=per_user)

@@ -23,6 +23,14 @@ from mmlib.errors import MmlibError
 from mmlib.extract import Features, extract_features
 from mmlib.models.base import TrainData
 from mmlib.registry import MODELS
+from mmlib.storage import (
+    artifact_lock,
+    read_sealed_json,
+    sha256_file,
+    to_csv_atomic,
+    to_parquet_atomic,
+    write_sealed_json,
+)
 from mmlib.study import StudySpec
 from mmlib.train import TrialCheckpoints, resolve_device, train_and_select
 
@@ -81,26 +89,50 @@ def _run_key(study: StudySpec, model: str, grid: list[dict], dataset: Dataset,
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+RUN_KIND = "mmlib.run"
+RUN_FILES = ("trials.csv", "curves.csv", "test_per_user.parquet")
+
+
+def read_run(folder: Path) -> dict | None:
+    """A finished run's summary, or None (with a warning) when run.json is absent, truncated,
+    edited or foreign, or when a file it lists no longer has the digest it was written with."""
+    summary = read_sealed_json(folder / "run.json", RUN_KIND)
+    if summary is None:
+        return None
+    for name, digest in (summary.get("files") or {}).items():
+        path = folder / name
+        if not path.is_file() or sha256_file(path) != digest:
+            log.warning("%s changed or vanished since its run finished; treating the run %s as "
+                        "absent (it will be retrained)", path, folder)
+            return None
+    return summary
+
+
 def train(study: StudySpec, model: str, setting: str | None = None, force: bool = False) -> dict:
     """Grid-search one model on one feature setting; write the Run artifact and return its summary.
-    A run whose inputs (dataset, features, grid, protocol) are unchanged is reused, not retrained."""
+    A run whose inputs (dataset, features, grid, protocol) are unchanged is reused, not retrained.
+    Two processes training the same run take turns: the second waits, then reuses the first's."""
     cls = MODELS.get(model)
     if cls.modalities_needed == "none":
         setting = None
     elif setting is None:
         raise MmlibError(f"Model {model} needs features: pass one of the settings "
                          f"{', '.join(study.extractors)}.")
+    out = run_dir(study, model, setting)
+    with artifact_lock(out.parent / f".{model}.lock", f"run {model} on {setting or NO_FEATURES}"):
+        return _train_locked(study, model, setting, out, force)
+
+
+def _train_locked(study: StudySpec, model: str, setting: str | None, out: Path, force: bool) -> dict:
     dataset = load_dataset(study)
     features = Features.load(features_dir(study, setting)) if setting else None
     if features is not None:
         features.check_dataset(dataset)  # features of another dataset version are an error
     grid = study.grid(model)
-    out = run_dir(study, model, setting)
     key = _run_key(study, model, grid, dataset, features)
-    summary_path = out / "run.json"
-    if not force and summary_path.is_file():
-        summary = json.loads(summary_path.read_text())
-        if summary.get("key") == key:
+    if not force:
+        summary = read_run(out)
+        if summary is not None and summary.get("key") == key:
             log.info("reusing run %s (inputs unchanged, key %s)", out, key)
             return summary
 
@@ -112,26 +144,30 @@ def train(study: StudySpec, model: str, setting: str | None = None, force: bool 
     result = train_and_select(model, grid, spec, data, dataset.matrix("val"),
                               dataset.matrix("test", values="rating"), where=study.where,
                               checkpoints=checkpoints)
-    out.mkdir(parents=True, exist_ok=True)
     trials = pd.DataFrame([{**t.config, "best_epoch": t.best_epoch, "val_score": t.best_score,
                             "seconds": round(t.seconds, 3), "status": t.status} for t in result.trials])
-    trials.to_csv(out / "trials.csv", index=False)
+    to_csv_atomic(trials, out / "trials.csv")
     curves = pd.DataFrame([{"trial": i, **row} for i, t in enumerate(result.trials) for row in t.curve])
-    curves.to_csv(out / "curves.csv", index=False)
-    result.test.to_frame().to_parquet(out / "test_per_user.parquet", index=False)
+    to_csv_atomic(curves, out / "curves.csv")
+    to_parquet_atomic(result.test.to_frame(), out / "test_per_user.parquet")
     summary = {
         "key": key, "study": study.name, "dataset": study.dataset.name, "dataset_hash": dataset.manifest.get("hash"),
         "setting": setting or NO_FEATURES, "model": model, "protocol": study.protocol,
         "train_spec": dataclasses.asdict(spec), "grid_size": len(grid),
         "selected": {"trial": result.selected, "config": result.best.config,
                      "best_epoch": result.best.best_epoch,
-                     spec.validation_metric: result.best.best_score},
+                     spec.validation_metric: result.best.best_score,
+                     "val_users": next((row["users"] for row in result.best.curve
+                                        if row["epoch"] == result.best.best_epoch), 0)},
         "test": result.test.mean(), "test_users": int(len(result.test.users)),
+        "test_users_per_metric": result.test.counts(),
         "seconds": round(result.seconds, 2),
+        "files": {name: sha256_file(out / name) for name in RUN_FILES},
     }
-    summary_path.write_text(json.dumps(summary, indent=2, default=float))
-    log.info("%s on %s: test %s", model, setting or NO_FEATURES,
-             {k: round(v, 4) for k, v in summary["test"].items() if k.endswith("@20")})
+    write_sealed_json(out / "run.json", RUN_KIND, summary)  # last: its presence means finished
+    log.info("%s on %s: test %s over %d users", model, setting or NO_FEATURES,
+             {k: round(v, 4) for k, v in summary["test"].items() if k.endswith("@20")},
+             summary["test_users"])
     return summary
 
 

@@ -13,8 +13,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from mmlib.pipeline import run_dir  # noqa: E402
+from mmlib.pipeline import read_run, run_dir  # noqa: E402
 from mmlib.stats import paired_test  # noqa: E402
+from mmlib.storage import save_figure_atomic, to_csv_atomic, write_text_atomic  # noqa: E402
 from mmlib.study import StudySpec  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -28,10 +29,11 @@ def load_runs(study: StudySpec) -> list[tuple[dict, Path]]:
     for model in study.models:
         for setting in study.settings_for(model):
             folder = run_dir(study, model, setting)
-            if (folder / "run.json").is_file():
-                runs.append((json.loads((folder / "run.json").read_text()), folder))
+            summary = read_run(folder)  # a truncated or edited run is absent, with a warning
+            if summary is not None:
+                runs.append((summary, folder))
             else:
-                log.warning("no run for %s on %s yet (%s)", model, setting, folder)
+                log.warning("no finished run for %s on %s yet (%s)", model, setting, folder)
     return runs
 
 
@@ -48,6 +50,7 @@ def results_table(study: StudySpec) -> pd.DataFrame:
                "val " + summary["train_spec"]["validation_metric"]:
                    selected[summary["train_spec"]["validation_metric"]]}
         row.update({m: summary["test"].get(m) for m in sorted(summary["test"])})
+        row["users"] = summary["test_users"]  # every mean of the row is over these users
         row["seconds"] = summary["seconds"]
         rows.append(row)
     table = pd.DataFrame(rows)
@@ -71,8 +74,8 @@ def write_all(study: StudySpec) -> pd.DataFrame:
     figures = study.output_root / "figures"
     tables.mkdir(parents=True, exist_ok=True)
     figures.mkdir(parents=True, exist_ok=True)
-    table.to_csv(tables / "results.csv", index=False)
-    (tables / "results.md").write_text(to_markdown(table))
+    to_csv_atomic(table, tables / "results.csv")
+    write_text_atomic(tables / "results.md", to_markdown(table))
     if not table.empty:
         plot_headline(table, figures / "test_metrics.png")
         plot_curves(study, figures / "validation_curves.png")
@@ -85,7 +88,7 @@ def to_markdown(table: pd.DataFrame, columns: list[str] | None = None) -> str:
     if table.empty:
         return "_no runs yet_\n"
     if columns is None:
-        columns = ["setting", "model", *HEADLINE, f"p vs {BASELINE} (Recall@20)", "best_epoch"]
+        columns = ["setting", "model", *HEADLINE, "users", f"p vs {BASELINE} (Recall@20)", "best_epoch"]
     shown = [c for c in columns if c in table.columns]
     lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
     for _, row in table[shown].iterrows():
@@ -101,7 +104,7 @@ def plot_headline(table: pd.DataFrame, path: Path) -> None:
                        sharey=False, height=3.2, aspect=1.1)
     grid.set_titles("{col_name}")
     grid.figure.suptitle(f"Test metrics, dataset {table['dataset'].iloc[0]}", y=1.03)
-    grid.savefig(path, dpi=120, bbox_inches="tight")
+    save_figure_atomic(grid.figure, path, dpi=120, bbox_inches="tight")
     plt.close(grid.figure)
 
 
@@ -118,5 +121,5 @@ def plot_curves(study: StudySpec, path: Path) -> None:
     ax.set_ylabel(f"validation {study.train_spec().validation_metric}")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure_atomic(fig, path, dpi=120)
     plt.close(fig)

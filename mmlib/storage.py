@@ -39,7 +39,7 @@ from mmlib.errors import MmlibError
 log = logging.getLogger(__name__)
 
 HOST = socket.gethostname().replace("-", "_")
-_TMP_RE = re.compile(r"^\.(?P<target>.+)\.tmp-(?P<host>[^-]+)-(?P<pid>\d+)-(?P<token>[0-9a-f]+)$")
+_TMP_RE = re.compile(r"^\.(?P<target>.+)\.tmp-(?P<host>[^-]+)-(?P<pid>\d+)-(?P<token>[0-9a-f]+)(\.[A-Za-z]+)?$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=@-]*$")
 
 #: A lock not refreshed for this long belongs to a dead process and may be broken.
@@ -89,6 +89,15 @@ def check_writable(folder: Path, what: str = "output folder") -> None:
 
 
 # ----------------------------------------------------------------------------- atomic writes
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
 
 
 def temporary_name(path: Path) -> Path:
@@ -220,9 +229,12 @@ def _digest(body: Any) -> str:
 
 
 def write_sealed_json(path: Path, kind: str, body: dict) -> None:
-    """An atomic JSON file {"kind", "sha256", "body"}: the digest covers the canonical body."""
+    """An atomic JSON file: `body`'s keys plus "kind" and "sha256", the digest of everything else
+    (canonical JSON). It stays a plain, readable JSON object."""
     body = json.loads(json.dumps(body, default=_json_default))  # what a reader will see
-    write_json_atomic(path, {"kind": kind, "sha256": _digest(body), "body": body})
+    body = {k: v for k, v in body.items() if k not in ("kind", "sha256")}
+    sealed = {"kind": kind, **body}
+    write_json_atomic(path, {**sealed, "sha256": _digest(sealed)})
 
 
 def read_sealed_json(path: Path, kind: str) -> dict | None:
@@ -233,15 +245,18 @@ def read_sealed_json(path: Path, kind: str) -> dict | None:
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        ok = (isinstance(data, dict) and data.get("kind") == kind and isinstance(data.get("body"), dict)
-              and data.get("sha256") == _digest(data["body"]))
+        ok = isinstance(data, dict) and data.get("kind") == kind
+        if ok:
+            digest = data.pop("sha256", None)
+            ok = digest == _digest(data)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         ok = False
     if not ok:
-        log.warning("%s: truncated, edited or not an mmlib %s file; treating it as absent (it will "
+        log.warning("%s: truncated, edited or not a %s file; treating it as absent (it will "
                     "be recomputed)", path, kind)
         return None
-    return data["body"]
+    data.pop("kind")
+    return data
 
 
 # ----------------------------------------------------------------------------- locks

@@ -18,6 +18,7 @@ from mmlib.config import from_mapping, load_yaml
 from mmlib.data.prepare import DatasetSpec
 from mmlib.errors import MmlibError
 from mmlib.registry import EXTRACTORS, MODELS
+from mmlib.storage import check_name, check_writable
 from mmlib.train import PROTOCOLS, TrainSpec, protocol_spec, split_config
 
 PARAMS_DIR = Path(__file__).resolve().parent.parent / "params"
@@ -56,7 +57,7 @@ class StudySpec:
         """The model's grid points: its grid file's protocol section, overridden by the study."""
         base = load_model_grid(model, self.protocol)
         merged = {**base, **(self.models.get(model) or {})}
-        return expand_grid(merged)
+        return expand_grid(merged, f"{self.where}: models.{model} (with {grid_file(model)})")
 
     def settings_for(self, model: str) -> list[str | None]:
         """Feature settings a model is trained on: all of them, or None for feature-free models."""
@@ -70,9 +71,13 @@ class StudySpec:
 
     # -- validation ------------------------------------------------------------------------------
     def validate(self) -> "StudySpec":
+        """Check everything that can be checked without doing work: names that become folders,
+        extractor and model options, every grid point, and that the output root is writable."""
         where = self.where
+        check_name(self.name, f"{where}: name")
         base = self.train_spec()
         for key, setting in self.extractors.items():
+            check_name(key, f"{where}: extractors key")
             if not isinstance(setting, dict) or not setting:
                 raise MmlibError(f"{where}: extractors.{key} must map modalities to extractor specs.")
             for modality, spec in setting.items():
@@ -94,12 +99,17 @@ class StudySpec:
                                  "'extractors' settings.")
             for point in self.grid(model):
                 split_config(cls, point, base, f"{where}: models.{model}")
+        check_writable(self.output_root, f"{where}: output root")
         return self
+
+
+def grid_file(model: str) -> Path:
+    return PARAMS_DIR / "models" / f"{model}.yaml"
 
 
 def load_model_grid(model: str, protocol: str) -> dict:
     MODELS.get(model)
-    path = PARAMS_DIR / "models" / f"{model}.yaml"
+    path = grid_file(model)
     if not path.is_file():
         return {}
     grids = load_yaml(path)
@@ -108,13 +118,14 @@ def load_model_grid(model: str, protocol: str) -> dict:
     return grids[protocol] or {}
 
 
-def expand_grid(grid: dict) -> list[dict]:
+def expand_grid(grid: dict, where: str = "grid") -> list[dict]:
     """Cartesian product of the list-valued entries; scalars (and lists inside lists) stay fixed."""
     axes = {k: v for k, v in grid.items() if isinstance(v, list)}
     fixed = {k: v for k, v in grid.items() if not isinstance(v, list)}
     if any(len(v) == 0 for v in axes.values()):
         empty = next(k for k, v in axes.items() if not v)
-        raise MmlibError(f"grid axis {empty!r} is an empty list.")
+        raise MmlibError(f"{where}: grid axis {empty!r} is an empty list; give it at least one value "
+                         "or remove it to use the default.")
     points = []
     for combo in itertools.product(*axes.values()):
         points.append({**fixed, **dict(zip(axes, combo))})

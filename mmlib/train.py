@@ -11,11 +11,11 @@ import copy
 import dataclasses
 import difflib
 import hashlib
+import io
 import itertools
 import json
 import logging
 import math
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -32,6 +32,7 @@ from mmlib.errors import MmlibError
 from mmlib.evaluate import Evaluation, full_ranking, parse_metric
 from mmlib.models.base import Batch, Recommender, TrainData
 from mmlib.registry import MODELS
+from mmlib.storage import torch_save_atomic
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +230,8 @@ def _fit(model_cls: type[Recommender], params, spec: TrainSpec, data: TrainData,
     def validate(epoch: int, loss: float) -> bool:
         ev = evaluate_model(model, data.train, val, spec, metrics=[metric_name])
         score = ev.mean()[spec.validation_metric]
-        result.curve.append({"epoch": epoch, "loss": loss, spec.validation_metric: score})
+        result.curve.append({"epoch": epoch, "loss": loss, spec.validation_metric: score,
+                             "users": ev.counts()[spec.validation_metric]})
         if score > result.best_score:
             result.best_score, result.best_epoch = score, epoch
             result.state = copy.deepcopy(model.state_dict())
@@ -285,32 +287,66 @@ class TrialCheckpoints:
     """Finished trials kept on disk, so that an interrupted grid search resumes at the first
     unfinished configuration, and a grid split over several processes can be assembled by one more
     run. A trial is keyed by everything that determines it: the model, its parsed hyper-parameters
-    and training spec, and `inputs`, the caller's digest of the data and features it trains on."""
+    and training spec, and `inputs`, the caller's digest of the data and features it trains on.
+
+    A checkpoint file holds its key, the sha256 of its payload and the payload (the FitResult,
+    tensors only: loaded with `weights_only`, so a file can never run code). A truncated file, one
+    written for another key (copied or forged) or one whose payload fails its digest or schema is
+    retrained with a warning, never trusted."""
+
+    KIND = "mmlib.trial"
 
     def __init__(self, directory: Path, inputs: str):
         self.directory, self.inputs = Path(directory), inputs
 
-    def path(self, model_name: str, spec: TrainSpec, params) -> Path:
+    def key(self, model_name: str, spec: TrainSpec, params) -> str:
         blob = json.dumps({"model": model_name, "params": dataclasses.asdict(params),
                            "spec": dataclasses.asdict(spec), "inputs": self.inputs},
                           sort_keys=True, default=str)
-        return self.directory / f"{model_name}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}.pt"
+        return hashlib.sha256(blob.encode()).hexdigest()
 
-    def load(self, path: Path) -> FitResult | None:
+    def path(self, model_name: str, spec: TrainSpec, params) -> Path:
+        return self.directory / f"{model_name}-{self.key(model_name, spec, params)[:16]}.pt"
+
+    def load(self, path: Path, key: str) -> FitResult | None:
         if not path.is_file():
             return None
         try:
-            saved = torch.load(path, map_location="cpu", weights_only=True)
-            return FitResult(**saved)
-        except Exception as error:  # a truncated or foreign file is retrained, not trusted
-            log.warning("ignoring unreadable trial checkpoint %s (%s); retraining it", path, error)
+            envelope = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(envelope, dict) or envelope.get("kind") != self.KIND:
+                raise ValueError("not an mmlib trial checkpoint")
+            if envelope.get("key") != key:
+                raise ValueError("written for another configuration or inputs")
+            payload = envelope["payload"].numpy().tobytes()
+            if hashlib.sha256(payload).hexdigest() != envelope.get("sha256"):
+                raise ValueError("payload fails its checksum")
+            saved = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+            return _fit_result(saved)
+        except Exception as error:  # a truncated, foreign or forged file is retrained, not trusted
+            log.warning("ignoring trial checkpoint %s (%s); retraining it", path, error)
             return None
 
-    def save(self, path: Path, trial: FitResult) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".tmp")
-        torch.save(dataclasses.asdict(trial), partial)
-        os.replace(partial, path)  # atomic: a checkpoint is either whole or absent
+    def save(self, path: Path, key: str, trial: FitResult) -> None:
+        buffer = io.BytesIO()
+        torch.save(dataclasses.asdict(trial), buffer)
+        payload = buffer.getvalue()
+        torch_save_atomic({"kind": self.KIND, "key": key, "sha256": hashlib.sha256(payload).hexdigest(),
+                           "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8)}, path)
+
+
+def _fit_result(saved) -> FitResult:
+    """A FitResult from its saved dict, checking the schema (exact fields, their types)."""
+    names = {f.name for f in dataclasses.fields(FitResult)}
+    if not isinstance(saved, dict) or set(saved) != names:
+        raise ValueError(f"unexpected fields {sorted(saved) if isinstance(saved, dict) else type(saved)}")
+    ok = (isinstance(saved["config"], dict) and isinstance(saved["best_epoch"], int)
+          and isinstance(saved["best_score"], float) and isinstance(saved["curve"], list)
+          and isinstance(saved["status"], str)
+          and (saved["state"] is None or (isinstance(saved["state"], dict) and all(
+              isinstance(v, torch.Tensor) for v in saved["state"].values()))))
+    if not ok:
+        raise ValueError("a field has the wrong type")
+    return FitResult(**saved)
 
 
 def train_and_select(model_name: str, grid: list[dict], base: TrainSpec, data: TrainData,
@@ -327,15 +363,16 @@ def train_and_select(model_name: str, grid: list[dict], base: TrainSpec, data: T
         label = f"{model_name} [{index + 1}/{len(parsed)}]"
         trial = None
         if checkpoints:
+            key = checkpoints.key(model_name, spec, params)
             path = checkpoints.path(model_name, spec, params)
-            trial = checkpoints.load(path)
+            trial = checkpoints.load(path, key)
         if trial is not None:
             log.info("%s read back from %s", label, path)
         else:
             trial = fit(model_cls, params, spec, data, val, label=label)
             trial.config = {**trial.config, **grid[index]}  # also the training keys the grid varied
             if checkpoints:
-                checkpoints.save(path, trial)
+                checkpoints.save(path, key, trial)
         log.info("%s %s -> val %s=%.4f at epoch %d (%s, %.1fs)", label, trial.config,
                  spec.validation_metric, trial.best_score, trial.best_epoch, trial.status, trial.seconds)
         trials.append(trial)
