@@ -149,10 +149,11 @@ def test_mmrec_norm_regulariser_by_hand(name):
 
 def test_unknown_regulariser_form_is_a_clear_error():
     from mmlib.errors import MmlibError
+    from mmlib.train import protocol_spec, split_config
 
-    data = TrainData(n_users=3, n_items=4, train=THREE_BY_FOUR)
-    with pytest.raises(MmlibError, match="LightGCN: reg_form must be one of.*got 'l1'"):
-        build("LightGCN", data, reg_form="l1")
+    where = r"x\.yaml: models\.LightGCN\.reg_form"
+    with pytest.raises(MmlibError, match=where + r": 'l1' is not one of \['squared', 'norm'\]"):
+        split_config(MODELS.get("LightGCN"), {"reg_form": "l1"}, protocol_spec("elliot"), "x.yaml: models.LightGCN")
 
 
 def test_itemknn_hand_computed_scores():

@@ -16,6 +16,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
+from mmlib.config import from_mapping
 from mmlib.errors import MmlibError
 
 
@@ -62,6 +63,9 @@ class Recommender(nn.Module):
 
     def __init__(self, params, data: TrainData):
         super().__init__()
+        # the declared ranges hold for models built in code too, not only from params files
+        from_mapping(type(params), {f.name: getattr(params, f.name) for f in dataclasses.fields(params)},
+                     f"{type(self).__name__}.Params")
         self.params = params
         self.n_users = data.n_users
         self.n_items = data.n_items
@@ -142,15 +146,10 @@ def norm_penalty(*tensors: torch.Tensor) -> torch.Tensor:
     return sum(t.norm() for t in tensors) / batch
 
 
+# The choices of the models' `reg_form: Literal["squared", "norm"]` (checked when params are loaded).
 REG_FORMS = {"squared": l2_penalty, "norm": norm_penalty}
 
 
 def embedding_penalty(form: str, *tensors: torch.Tensor) -> torch.Tensor:
     """The embedding regulariser named by a model's `reg_form` parameter."""
     return REG_FORMS[form](*tensors)
-
-
-def check_reg_form(model: str, form: str) -> None:
-    if form not in REG_FORMS:
-        raise MmlibError(f"{model}: reg_form must be one of {sorted(REG_FORMS)} ('squared': the papers' "
-                         f"0.5 * |E|^2 / batch; 'norm': MMRec's EmbLoss |E| / batch), got {form!r}.")

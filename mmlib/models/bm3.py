@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mmlib.config import param
 from mmlib.errors import MmlibError
 from mmlib.models import graph
 from mmlib.models.base import Batch, Recommender, TrainData
@@ -43,12 +44,12 @@ class BM3(Recommender):
 
     @dataclass
     class Params:
-        factors: int = 64  # user and item ID embedding size
-        multimod_factors: int = 64  # projected feature size; must equal factors (compared with items)
-        reg_weight: float = 0.1  # weight of the embedding-norm regulariser
-        cl_weight: float = 2.0  # weight of the modality alignment and masking terms
-        dropout: float = 0.3  # dropout that makes the target views
-        n_layers: int = 2  # LightGCN layers on the user-item graph
+        factors: int = param(64, ge=1)  # user and item ID embedding size
+        multimod_factors: int = param(64, ge=1)  # projected feature size; must equal factors (compared with items)
+        reg_weight: float = param(0.1, ge=0)  # weight of the embedding-norm regulariser
+        cl_weight: float = param(2.0, ge=0)  # weight of the modality alignment and masking terms
+        dropout: float = param(0.3, ge=0, lt=1)  # dropout that makes the target views
+        n_layers: int = param(2, ge=0)  # LightGCN layers on the user-item graph
         modalities: list[str] | None = None  # None: every modality the features have
 
     def __init__(self, params: Params, data: TrainData):

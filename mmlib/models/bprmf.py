@@ -8,11 +8,13 @@ the Elliot form used by the paper (factors 64; grid lr x l_w in params/models/BP
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
-from mmlib.models.base import Batch, Recommender, TrainData, bpr_loss, check_reg_form, embedding_penalty
+from mmlib.config import param
+from mmlib.models.base import Batch, Recommender, TrainData, bpr_loss, embedding_penalty
 from mmlib.registry import MODELS
 
 
@@ -20,13 +22,13 @@ from mmlib.registry import MODELS
 class BPRMF(Recommender):
     @dataclass
     class Params:
-        factors: int = 64  # embedding size
-        l_w: float = 1e-5  # L2 weight on the batch's embeddings
-        reg_form: str = "squared"  # "squared": Elliot's 0.5 |E|^2 / batch; "norm": MMRec's |E| / batch
+        factors: int = param(64, ge=1)  # embedding size
+        l_w: float = param(1e-5, ge=0)  # L2 weight on the batch's embeddings
+        # "squared": Elliot's 0.5 |E|^2 / batch; "norm": MMRec's |E| / batch
+        reg_form: Literal["squared", "norm"] = "squared"
 
     def __init__(self, params: Params, data: TrainData):
         super().__init__(params, data)
-        check_reg_form("BPRMF", params.reg_form)
         self.user_emb = nn.Embedding(data.n_users, params.factors)
         self.item_emb = nn.Embedding(data.n_items, params.factors)
         nn.init.xavier_uniform_(self.user_emb.weight)

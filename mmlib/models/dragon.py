@@ -35,6 +35,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mmlib.config import param
 from mmlib.errors import MmlibError
 from mmlib.models import graph
 from mmlib.models.base import Batch, Recommender, TrainData, bpr_loss
@@ -79,12 +80,12 @@ class DRAGON(Recommender):
 
     @dataclass
     class Params:
-        factors: int = 64  # per-modality representation size (user preference and item content)
-        l_w: float = 1e-3  # weight of the preference / attention regulariser (authors' best on Baby)
-        n_layers: int = 2  # additive propagation rounds on the user-item graph
-        n_mm_layers: int = 1  # item-item graph layers
-        top_k: int = 10  # neighbours per item in each modality's kNN graph
-        user_k: int = 40  # co-users per user in the user-user graph
+        factors: int = param(64, ge=1)  # per-modality representation size (user preference and item content)
+        l_w: float = param(1e-3, ge=0)  # weight of the preference / attention regulariser (authors' best on Baby)
+        n_layers: int = param(2, ge=0)  # additive propagation rounds on the user-item graph
+        n_mm_layers: int = param(1, ge=0)  # item-item graph layers
+        top_k: int = param(10, ge=1)  # neighbours per item in each modality's kNN graph
+        user_k: int = param(40, ge=1)  # co-users per user in the user-user graph
         modality_weights: dict[str, float] | None = None  # None: 0.1/0.9 for visual/textual, else equal
         modalities: list[str] | None = None  # None: every modality the features have
 

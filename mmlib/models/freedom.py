@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from mmlib.config import param
 from mmlib.errors import MmlibError
 from mmlib.models import graph
 from mmlib.models.base import Batch, Recommender, TrainData, bpr_loss
@@ -87,13 +88,14 @@ class FREEDOM(Recommender):
 
     @dataclass
     class Params:
-        factors: int = 64  # user and item ID embedding size
-        factors_multimod: int = 64  # projected feature size; must equal factors (it meets u in a dot product)
-        l_w: float = 1e-5  # weight of the modalities' auxiliary BPR terms (the paper's lambda)
-        n_layers: int = 1  # item-item graph layers
-        n_ui_layers: int = 2  # LightGCN layers on the user-item graph
-        top_k: int = 10  # neighbours per item in each modality's kNN graph
-        drop: float = 0.8  # share of user-item edges pruned at each epoch start (degree-sensitive)
+        factors: int = param(64, ge=1)  # user and item ID embedding size
+        # projected feature size; must equal factors (it meets u in a dot product)
+        factors_multimod: int = param(64, ge=1)
+        l_w: float = param(1e-5, ge=0)  # weight of the modalities' auxiliary BPR terms (the paper's lambda)
+        n_layers: int = param(1, ge=0)  # item-item graph layers
+        n_ui_layers: int = param(2, ge=0)  # LightGCN layers on the user-item graph
+        top_k: int = param(10, ge=1)  # neighbours per item in each modality's kNN graph
+        drop: float = param(0.8, ge=0, lt=1)  # share of user-item edges pruned at each epoch start (degree-sensitive)
         modality_weights: dict[str, float] | None = None  # None: 0.1/0.9 for visual/textual, else equal
         modalities: list[str] | None = None  # None: every modality the features have
 

@@ -36,6 +36,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
+from mmlib.config import param
 from mmlib.errors import MmlibError
 from mmlib.models.base import Batch, Recommender, TrainData, bpr_loss, l2_penalty
 from mmlib.models.graph import SparsePattern, segment_softmax
@@ -48,16 +49,16 @@ class GRCN(Recommender):
 
     @dataclass
     class Params:
-        factors: int = 64  # size of the ID embeddings
-        factors_multimod: int = 128  # size of the user prototypes and projected item content, per modality
-        num_layers: int = 2  # layers of the ID graph convolution on the refined graph
-        num_routings: int = 3  # routing iterations refining the user prototypes
+        factors: int = param(64, ge=1)  # size of the ID embeddings
+        factors_multimod: int = param(128, ge=1)  # size of the user prototypes and projected item content, per modality
+        num_layers: int = param(2, ge=0)  # layers of the ID graph convolution on the refined graph
+        num_routings: int = param(3, ge=0)  # routing iterations refining the user prototypes
         aggregation: Literal["add", "mean"] = "add"  # neighbour aggregation in the ID graph
         weight_mode: Literal["confid", "max", "mean"] = "confid"  # how modality edge scores combine
         pruning: bool = True  # ReLU on the edge weights (cuts negatively weighted edges)
         has_act: bool = False  # LeakyReLU after each ID graph layer
         fusion_mode: Literal["concat", "id", "mean"] = "concat"  # final vectors: concat, ID only, or mean
-        l_w: float = 1e-5  # L2 weight on the batch's ID embeddings and user prototypes
+        l_w: float = param(1e-5, ge=0)  # L2 weight on the batch's ID embeddings and user prototypes
         modalities: list[str] | None = None  # None: every modality the features have
 
     def __init__(self, params: Params, data: TrainData):

@@ -18,6 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from mmlib.config import param
 from mmlib.errors import MmlibError
 from mmlib.models.base import Recommender, TrainData
 from mmlib.models.graph import sparse_cosine_topk
@@ -30,9 +31,9 @@ class ItemKNN(Recommender):
 
     @dataclass
     class Params:
-        k: int = 50  # neighbours kept per item
-        shrink: float = 0.0  # added to the cosine denominator; damps similarities from few co-users
-        block_size: int = 1024  # item rows per block while building the graph (memory vs speed)
+        k: int = param(50, ge=1)  # neighbours kept per item
+        shrink: float = param(0.0, ge=0)  # added to the cosine denominator; damps similarities from few co-users
+        block_size: int = param(1024, ge=1)  # item rows per block while building the graph (memory vs speed)
 
     def __init__(self, params: Params, data: TrainData):
         super().__init__(params, data)

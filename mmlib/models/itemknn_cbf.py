@@ -18,6 +18,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
+from mmlib.config import param
 from mmlib.errors import MmlibError
 from mmlib.models.base import Recommender, TrainData
 from mmlib.models.graph import dense_cosine_topk
@@ -31,10 +32,10 @@ class ItemKNNCBF(Recommender):
 
     @dataclass
     class Params:
-        k: int = 10  # neighbours kept per item
-        shrink: float = 10.0  # added to the cosine denominator
+        k: int = param(10, ge=1)  # neighbours kept per item
+        shrink: float = param(10.0, ge=0)  # added to the cosine denominator
         modalities: list[str] | None = None  # None: every modality the features have
-        block_size: int = 1024  # item rows per block while building the graph (memory vs speed)
+        block_size: int = param(1024, ge=1)  # item rows per block while building the graph (memory vs speed)
 
     def __init__(self, params: Params, data: TrainData):
         super().__init__(params, data)

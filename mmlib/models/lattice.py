@@ -35,6 +35,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mmlib.config import param
 from mmlib.errors import MmlibError
 from mmlib.models import graph
 from mmlib.models.base import Batch, Recommender, TrainData, bpr_loss, l2_penalty
@@ -87,13 +88,13 @@ class LATTICE(Recommender):
 
     @dataclass
     class Params:
-        factors: int = 64  # user and item ID embedding size
-        factors_multimod: int = 64  # size of the projections the learned graph is built from
-        l_w: float = 1e-5  # L2 weight on the batch's final user/item embeddings
-        n_layers: int = 1  # item-item graph layers
-        n_ui_layers: int = 2  # LightGCN layers on the user-item graph
-        top_k: int = 20  # neighbours per item in the original and the learned graphs
-        l_m: float = 0.7  # skip connection: weight of the original graph (1 - l_m: the learned one)
+        factors: int = param(64, ge=1)  # user and item ID embedding size
+        factors_multimod: int = param(64, ge=1)  # size of the projections the learned graph is built from
+        l_w: float = param(1e-5, ge=0)  # L2 weight on the batch's final user/item embeddings
+        n_layers: int = param(1, ge=0)  # item-item graph layers
+        n_ui_layers: int = param(2, ge=0)  # LightGCN layers on the user-item graph
+        top_k: int = param(20, ge=1)  # neighbours per item in the original and the learned graphs
+        l_m: float = param(0.7, ge=0, le=1)  # skip connection: weight of the original graph (1 - l_m: the learned one)
         modalities: list[str] | None = None  # None: every modality the features have
 
     def __init__(self, params: Params, data: TrainData):

@@ -14,12 +14,13 @@ dropped as soon as training resumes. SGL and SimGCL extend this class.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
-from mmlib.errors import MmlibError
-from mmlib.models.base import Batch, Recommender, TrainData, bpr_loss, check_reg_form, embedding_penalty
+from mmlib.config import param
+from mmlib.models.base import Batch, Recommender, TrainData, bpr_loss, embedding_penalty
 from mmlib.models.graph import SparsePattern, bipartite_adjacency, propagate
 from mmlib.registry import MODELS
 
@@ -28,27 +29,20 @@ from mmlib.registry import MODELS
 class LightGCN(Recommender):
     @dataclass
     class Params:
-        factors: int = 64  # embedding size
-        n_layers: int = 3  # propagation layers (0 = matrix factorisation)
-        l_w: float = 1e-5  # L2 weight on the batch's ego embeddings (paper grid {1e-5, 1e-2})
-        reg_form: str = "squared"  # "squared": the paper's 0.5 |E|^2 / batch; "norm": MMRec's |E| / batch
+        factors: int = param(64, ge=1)  # embedding size
+        n_layers: int = param(3, ge=0)  # propagation layers (0 = matrix factorisation)
+        l_w: float = param(1e-5, ge=0)  # L2 weight on the batch's ego embeddings (paper grid {1e-5, 1e-2})
+        # "squared": the paper's 0.5 |E|^2 / batch; "norm": MMRec's |E| / batch
+        reg_form: Literal["squared", "norm"] = "squared"
 
     def __init__(self, params: Params, data: TrainData):
         super().__init__(params, data)
-        self.check_params(params)
         self.user_emb = nn.Embedding(data.n_users, params.factors)
         self.item_emb = nn.Embedding(data.n_items, params.factors)
         nn.init.xavier_uniform_(self.user_emb.weight)
         nn.init.xavier_uniform_(self.item_emb.weight)
         # Derived from the training matrix: moves with the model, not part of the saved state.
         self.adj = SparsePattern(bipartite_adjacency(data.train), data.device)
-
-    def check_params(self, params) -> None:
-        name = type(self).registered_name
-        if params.factors < 1 or params.n_layers < 0 or params.l_w < 0:
-            raise MmlibError(f"{name}: factors ({params.factors}) must be positive, n_layers "
-                             f"({params.n_layers}) and l_w ({params.l_w}) non-negative.")
-        check_reg_form(name, params.reg_form)
 
     # -- embeddings ------------------------------------------------------------------------------
     def ego(self) -> torch.Tensor:

@@ -20,6 +20,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from mmlib.config import param
 from mmlib.errors import MmlibError
 from mmlib.models.base import Batch, Recommender, TrainData, bpr_loss, l2_penalty
 from mmlib.models.graph import SparsePattern, bipartite_adjacency
@@ -32,9 +33,9 @@ class LightGCNM(Recommender):
 
     @dataclass
     class Params:
-        factors: int = 64  # embedding size of users and of the projected item content
-        n_layers: int = 3  # LightGCN propagation layers (0: no propagation)
-        l_w: float = 1e-5  # L2 weight on the batch's ego embeddings
+        factors: int = param(64, ge=1)  # embedding size of users and of the projected item content
+        n_layers: int = param(3, ge=0)  # LightGCN propagation layers (0: no propagation)
+        l_w: float = param(1e-5, ge=0)  # L2 weight on the batch's ego embeddings
         aggregation: Literal["concat", "sum", "mean"] = "concat"  # how modalities form the item embedding
         modalities: list[str] | None = None  # None: every modality the features have
 

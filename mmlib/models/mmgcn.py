@@ -26,6 +26,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
+from mmlib.config import param
 from mmlib.errors import MmlibError
 from mmlib.models.base import Batch, Recommender, TrainData, bpr_loss, l2_penalty
 from mmlib.models.graph import SparsePattern, row_normalise
@@ -40,14 +41,14 @@ class MMGCN(Recommender):
 
     @dataclass
     class Params:
-        factors: int = 64  # size of the ID embeddings and of every layer's output
-        num_layers: int = 3  # graph convolution layers per modality
+        factors: int = param(64, ge=1)  # size of the ID embeddings and of every layer's output
+        num_layers: int = param(3, ge=1)  # graph convolution layers per modality
         # modality -> projection size of its features (null: raw features); others: 256
         factors_multimod: dict[str, int | None] = field(default_factory=lambda: {"visual": 256, "textual": None})
         combination: Literal["add", "concat"] = "add"  # how a layer merges neighbours and the node itself
         aggregation: Literal["mean", "add"] = "mean"  # mean or sum over graph neighbours
         has_id: bool = True  # add the ID embeddings in every layer
-        l_w: float = 1e-5  # L2 weight on the batch's ID embeddings and user preferences
+        l_w: float = param(1e-5, ge=0)  # L2 weight on the batch's ID embeddings and user preferences
         modalities: list[str] | None = None  # None: every modality the features have
 
     def __init__(self, params: Params, data: TrainData):

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from mmlib.config import param
 from mmlib.errors import MmlibError
 from mmlib.models.base import Batch, Recommender, TrainData, bpr_loss, l2_penalty
 from mmlib.models.graph import SparsePattern, bipartite_adjacency
@@ -32,12 +33,12 @@ from mmlib.registry import MODELS
 class NGCF(Recommender):
     @dataclass
     class Params:
-        factors: int = 64  # ego embedding size
-        n_layers: int = 3  # propagation layers
-        weight_size: int = 64  # output size of every propagation layer
-        node_dropout: float = 0.1  # share of nodes whose messages are dropped in a training step
-        message_dropout: float = 0.1  # dropout on every layer's output during training
-        l_w: float = 1e-5  # L2 weight on the batch's ego embeddings (paper grid {1e-5, 1e-2})
+        factors: int = param(64, ge=1)  # ego embedding size
+        n_layers: int = param(3, ge=0)  # propagation layers
+        weight_size: int = param(64, ge=1)  # output size of every propagation layer
+        node_dropout: float = param(0.1, ge=0, lt=1)  # share of nodes whose messages are dropped in a training step
+        message_dropout: float = param(0.1, ge=0, lt=1)  # dropout on every layer's output during training
+        l_w: float = param(1e-5, ge=0)  # L2 weight on the batch's ego embeddings (paper grid {1e-5, 1e-2})
 
     def __init__(self, params: Params, data: TrainData):
         super().__init__(params, data)

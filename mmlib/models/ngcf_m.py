@@ -22,6 +22,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
+from mmlib.config import param
 from mmlib.errors import MmlibError
 from mmlib.models.base import Batch, Recommender, TrainData, bpr_loss, l2_penalty
 from mmlib.models.graph import SparsePattern, row_normalise
@@ -41,12 +42,13 @@ class NGCFM(Recommender):
 
     @dataclass
     class Params:
-        factors: int = 64  # size of the ID embeddings (layer 0) and of theta_u / projected content
-        weight_size: int = 64  # output size of every propagation layer (must equal factors: layers are averaged)
-        n_layers: int = 3  # NGCF propagation layers
-        node_dropout: float = 0.1  # share of adjacency entries dropped per epoch in training
-        message_dropout: float = 0.1  # dropout on every layer's output in training
-        l_w: float = 1e-5  # L2 weight on the batch's propagated embeddings, theta_u and projected content
+        factors: int = param(64, ge=1)  # size of the ID embeddings (layer 0) and of theta_u / projected content
+        # output size of every propagation layer (must equal factors: layers are averaged)
+        weight_size: int = param(64, ge=1)
+        n_layers: int = param(3, ge=0)  # NGCF propagation layers
+        node_dropout: float = param(0.1, ge=0, lt=1)  # share of adjacency entries dropped per epoch in training
+        message_dropout: float = param(0.1, ge=0, lt=1)  # dropout on every layer's output in training
+        l_w: float = param(1e-5, ge=0)  # L2 weight on the batch's propagated embeddings, theta_u and projected content
         modalities: list[str] | None = None  # None: every modality the features have
 
     def __init__(self, params: Params, data: TrainData):

@@ -18,13 +18,14 @@ but no committed configuration uses it; see params/models/SGL.yaml for the grids
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 from torch import nn
 
-from mmlib.errors import MmlibError
+from mmlib.config import param
 from mmlib.models.base import Batch, TrainData
 from mmlib.models.graph import SparsePattern, bipartite_adjacency
 from mmlib.models.lightgcn import LightGCN
@@ -43,25 +44,20 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tens
 class SGL(LightGCN):
     @dataclass
     class Params:
-        factors: int = 64  # embedding size
-        n_layers: int = 3  # LightGCN layers
-        l_w: float = 1e-4  # L2 weight on the batch's ego embeddings (SGL paper: 1e-4)
-        reg_form: str = "squared"  # as LightGCN: "squared" (the paper's) or "norm" (MMRec's EmbLoss)
-        ssl_weight: float = 0.1  # weight of the contrastive term (SGL paper's lambda_1)
-        temperature: float = 0.2  # InfoNCE temperature tau
-        drop_ratio: float = 0.1  # share of edges each view drops (SGL paper's rho), redrawn each epoch
+        factors: int = param(64, ge=1)  # embedding size
+        n_layers: int = param(3, ge=1)  # LightGCN layers (at least 1: with none both views are the ego embeddings)
+        l_w: float = param(1e-4, ge=0)  # L2 weight on the batch's ego embeddings (SGL paper: 1e-4)
+        # as LightGCN: "squared" (the paper's) or "norm" (MMRec's EmbLoss)
+        reg_form: Literal["squared", "norm"] = "squared"
+        ssl_weight: float = param(0.1, ge=0)  # weight of the contrastive term (SGL paper's lambda_1)
+        temperature: float = param(0.2, gt=0)  # InfoNCE temperature tau
+        # share of edges each view drops (SGL paper's rho), redrawn each epoch
+        drop_ratio: float = param(0.1, ge=0, lt=1)
 
     def __init__(self, params: Params, data: TrainData):
         super().__init__(params, data)
         self._edges = sp.coo_matrix(data.train)
         self._views: tuple[SparsePattern, SparsePattern] | None = None
-
-    def check_params(self, params) -> None:
-        super().check_params(params)
-        if not 0 <= params.drop_ratio < 1 or params.temperature <= 0 or params.ssl_weight < 0:
-            raise MmlibError(f"SGL: drop_ratio ({params.drop_ratio}) must be in [0, 1), temperature "
-                             f"({params.temperature}) positive and ssl_weight ({params.ssl_weight}) "
-                             f"non-negative.")
 
     def edge_dropout_view(self) -> SparsePattern:
         """A normalised adjacency of the training graph with each edge kept w.p. 1 - drop_ratio."""

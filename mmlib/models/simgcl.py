@@ -18,11 +18,12 @@ reg_cl 0.5 and 0.1 both peak on validation within 4 epochs at Recall@20 0.14 and
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
-from mmlib.errors import MmlibError
+from mmlib.config import param
 from mmlib.models.base import Batch
 from mmlib.models.graph import SparsePattern
 from mmlib.models.lightgcn import LightGCN
@@ -34,20 +35,14 @@ from mmlib.registry import MODELS
 class SimGCL(LightGCN):
     @dataclass
     class Params:
-        factors: int = 64  # embedding size
-        n_layers: int = 3  # propagation layers (at least 1: layer 0 is not part of the output)
-        l_w: float = 1e-4  # L2 weight on the batch's ego embeddings (paper's Elliot config)
-        reg_form: str = "squared"  # as LightGCN: "squared" (the paper's) or "norm" (MMRec's EmbLoss)
-        reg_cl: float = 0.5  # weight of the contrastive term (paper's Elliot grid {0.5, 2})
-        eps: float = 0.1  # length of the noise added to every node after every layer
-        temperature: float = 0.2  # InfoNCE temperature (hard-coded 0.2 in the anchor)
-
-    def check_params(self, params) -> None:
-        super().check_params(params)
-        if params.n_layers < 1 or params.eps < 0 or params.temperature <= 0 or params.reg_cl < 0:
-            raise MmlibError(f"SimGCL: n_layers ({params.n_layers}) must be at least 1, eps "
-                             f"({params.eps}) and reg_cl ({params.reg_cl}) non-negative, temperature "
-                             f"({params.temperature}) positive.")
+        factors: int = param(64, ge=1)  # embedding size
+        n_layers: int = param(3, ge=1)  # propagation layers (at least 1: layer 0 is not part of the output)
+        l_w: float = param(1e-4, ge=0)  # L2 weight on the batch's ego embeddings (paper's Elliot config)
+        # as LightGCN: "squared" (the paper's) or "norm" (MMRec's EmbLoss)
+        reg_form: Literal["squared", "norm"] = "squared"
+        reg_cl: float = param(0.5, ge=0)  # weight of the contrastive term (paper's Elliot grid {0.5, 2})
+        eps: float = param(0.1, ge=0)  # length of the noise added to every node after every layer
+        temperature: float = param(0.2, gt=0)  # InfoNCE temperature (hard-coded 0.2 in the anchor)
 
     def embeddings(self, adj: SparsePattern | None = None,
                    perturbed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from mmlib.config import param
 from mmlib.models.base import Batch, Recommender, TrainData, bpr_loss, l2_penalty
 from mmlib.registry import MODELS
 
@@ -23,8 +24,8 @@ class VBPR(Recommender):
 
     @dataclass
     class Params:
-        factors: int = 64  # size of gamma (collaborative) and of theta (content) factors
-        l_w: float = 1e-5  # L2 weight on the batch's embeddings and projected content
+        factors: int = param(64, ge=1)  # size of gamma (collaborative) and of theta (content) factors
+        l_w: float = param(1e-5, ge=0)  # L2 weight on the batch's embeddings and projected content
         modalities: list[str] | None = None  # None: every modality the features have
 
     def __init__(self, params: Params, data: TrainData):
