@@ -370,3 +370,32 @@ def test_two_processes_training_one_run_take_turns_and_train_it_once(tmp_path):
     folder = pipeline.run_dir(load_study(path), "BPRMF", None)
     assert pipeline.read_run(folder) is not None
     assert not [p for p in folder.rglob("*") if ".tmp-" in p.name]
+
+
+# ----------------------------------------------------------------------------- derived caches
+
+
+@pytest.mark.parametrize("damage", ["truncate", "edit"])
+def test_a_damaged_graph_cache_is_rebuilt_not_used(tmp_path, caplog, damage):
+    from mmlib.models import graph
+
+    built = []
+
+    def build():
+        built.append(1)
+        return sp.random(30, 30, density=0.2, format="csr", random_state=0, dtype=np.float32)
+
+    first = graph.cached_graph(tmp_path, "g", build)
+    path = tmp_path / "g.npz"
+    if damage == "truncate":
+        path.write_bytes(path.read_bytes()[:200])
+    else:  # a well-formed file whose values were changed after it was written
+        with np.load(path) as npz:
+            arrays = dict(npz)
+        arrays["data"] = arrays["data"] * 2
+        np.savez(path, **arrays)
+    with caplog.at_level(logging.WARNING):
+        again = graph.cached_graph(tmp_path, "g", build)
+    assert len(built) == 2 and "rebuilding" in caplog.text
+    assert (again != first).nnz == 0
+    assert (graph.cached_graph(tmp_path, "g", build) != first).nnz == 0 and len(built) == 2

@@ -66,7 +66,7 @@ def test_frozen_knn_graphs_are_cached_under_the_feature_hash(tmp_path):
     assert not torch.allclose(first.item_graph.to_dense().diagonal(), torch.tensor(0.9 + 0.1 / 10))
 
     # a second build with the same features reads the cached file: plant an identity graph there
-    sp.save_npz(textual_file, sp.identity(30, dtype=np.float32, format="csr"))
+    graph.save_graph(textual_file, sp.identity(30, dtype=np.float32, format="csr"))
     second = build("FREEDOM", data)
     assert torch.allclose(second.item_graph.to_dense().diagonal(), torch.tensor(0.9 + 0.1 / 10))
     assert len(list(tmp_path.glob("knn_*.npz"))) == 2
@@ -85,7 +85,7 @@ def test_frozen_knn_graphs_are_cached_under_the_feature_hash(tmp_path):
     lattice_file = tmp_path / f"knn_{graph.tensor_hash(data.features['visual'])}_k20.npz"
     shifted = (np.arange(30)[:, None] + np.arange(20)[None, :]) % 30  # item i -> i, i+1, ..., i+19
     planted = sp.csr_matrix((np.ones(600, np.float32), (np.repeat(np.arange(30), 20), shifted.ravel())), shape=(30, 30))
-    sp.save_npz(lattice_file, planted)
+    graph.save_graph(lattice_file, planted)
     lattice = build("LATTICE", data)
     visual = lattice.modalities.index("visual")
     pattern = (lattice.original[visual].to_dense() != 0).numpy()

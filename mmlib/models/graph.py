@@ -29,6 +29,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from mmlib.storage import artifact_lock, atomic_path
+
 log = logging.getLogger(__name__)
 
 
@@ -102,19 +104,52 @@ def knn_graph(features: torch.Tensor, k: int, block_size: int = 1024,
 
 def cached_graph(cache_dir: Path | None, name: str, build) -> sp.csr_matrix:
     """`build()` once per `name` under `cache_dir` (None: no cache). The name must encode the hash
-    of every input, so that a graph can never be reused for other features. Written atomically."""
+    of every input, so that a graph can never be reused for other features. The file holds the
+    sha256 of its arrays: a truncated or edited cache is rebuilt (with a warning), never used.
+    Written atomically; processes that need the same graph build it once, in turn."""
     if cache_dir is None:
         return build()
     path = Path(cache_dir) / f"{name}.npz"
-    if path.is_file():
-        log.info("reusing cached graph %s", path)
-        return sp.load_npz(path).tocsr()
-    graph = build()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    sp.save_npz(tmp, graph)
-    tmp.replace(path)
-    return graph
+    with artifact_lock(path.with_name(f".{path.name}.lock"), f"graph cache {name}"):
+        graph = load_graph(path)
+        if graph is not None:
+            log.info("reusing cached graph %s", path)
+            return graph
+        graph = sp.csr_matrix(build())
+        save_graph(path, graph)
+        return graph
+
+
+def save_graph(path: Path, graph: sp.csr_matrix) -> None:
+    """A CSR graph with the sha256 of its arrays, atomically (the format `load_graph` reads)."""
+    arrays = {"data": graph.data, "indices": graph.indices, "indptr": graph.indptr,
+              "shape": np.asarray(graph.shape, np.int64)}
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, sha256=np.frombuffer(_digest(arrays).encode(), np.uint8), **arrays)
+
+
+def _digest(arrays: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for key in ("data", "indices", "indptr", "shape"):
+        h.update(key.encode() + np.ascontiguousarray(arrays[key]).tobytes())
+    return h.hexdigest()
+
+
+def load_graph(path: Path) -> sp.csr_matrix | None:
+    """The cached graph at `path`, or None if absent, truncated, edited or foreign (warned)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in ("data", "indices", "indptr", "shape")}
+            stored = npz["sha256"].tobytes().decode()
+        if stored != _digest(arrays):
+            raise ValueError("its arrays fail their checksum")
+        return sp.csr_matrix((arrays["data"], arrays["indices"], arrays["indptr"]),
+                             shape=tuple(arrays["shape"]))
+    except Exception as error:  # truncated, edited or foreign: rebuild, never trust
+        log.warning("ignoring cached graph %s (%s); rebuilding it", path, error)
+        return None
 
 
 def fused_knn_graph(features: dict[str, torch.Tensor], weights: dict[str, float], k: int,
