@@ -81,6 +81,7 @@ import numpy as np
 import pandas as pd
 
 from mmlib.errors import MmlibError
+from mmlib.storage import atomic_path, save_figure_atomic
 
 log = logging.getLogger("mmlib.bench")
 
@@ -765,7 +766,8 @@ def run(out_dir: Path | str = Path("outputs/benchmarks"), batch_sizes=None, n_im
             frame[col] = np.nan
     frame = frame[COLUMNS + [c for c in frame.columns if c not in COLUMNS]]
     path = out_dir / "extraction.csv"
-    frame.to_csv(path, index=False, float_format="%.6g")
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.6g")
     log.info("bench: wrote %s (%d rows) in %.0f s", path, len(frame), time.perf_counter() - t_start)
     if plot:
         plot_throughput(frame, out_dir / "extraction.png",
@@ -829,7 +831,7 @@ def plot_throughput(frame: pd.DataFrame, path: Path, title: str = "Extraction th
         ax.axis("off")
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure_atomic(fig, path, dpi=110)
     plt.close(fig)
     return path
 

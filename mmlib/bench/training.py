@@ -47,6 +47,7 @@ from pathlib import Path
 import pandas as pd
 
 from mmlib.errors import MmlibError
+from mmlib.storage import to_csv_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +200,7 @@ def lastfm_results(out: Path, models: list[str], max_epochs: int, threads: int) 
         log.info("lastfm %s", row)
         rows.append(row)
         frame = _upsert(out / "lastfm_results.csv", rows, "model")  # keep what finished
-        (out / "lastfm_results.md").write_text(to_markdown(frame.fillna(""), list(frame.columns)))
+        write_text_atomic(out / "lastfm_results.md", to_markdown(frame.fillna(""), list(frame.columns)))
     return pd.DataFrame(rows)
 
 
@@ -228,7 +229,7 @@ def _upsert(path: Path, rows: list[dict], key: str) -> pd.DataFrame:
         old = pd.read_csv(path)
         if key in old.columns:
             frame = pd.concat([old[~old[key].isin(frame[key])], frame], ignore_index=True)
-    frame.to_csv(path, index=False)
+    to_csv_atomic(frame, path)
     return frame
 
 
