@@ -5,7 +5,12 @@ On disk (`outputs/datasets/<name>/`):
   dataset folder), has_text, has_image;
 - `users.parquet`: user (dense 0..n-1), user_id (original id);
 - `interactions.parquet`: user, item, rating, timestamp, split ("train" | "val" | "test");
-- `manifest.json`: source, preprocessing steps with their parameters, statistics, content hash.
+- `manifest.json`: source, preprocessing steps with their parameters, statistics, content hash,
+  and the sha256 of each parquet file (to name the file that changed).
+
+Every file is written atomically, the manifest last: a folder with a manifest is complete.
+`Dataset.load` verifies the folder against the manifest's content hash by default, so a parquet or
+image edited after prepare is never read as if it were the prepared Dataset.
 """
 
 from __future__ import annotations
@@ -19,12 +24,26 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from mmlib import storage
 from mmlib.errors import MmlibError
 
 SPLITS = ("train", "val", "test")
 ITEM_COLUMNS = ["item", "item_id", "text", "image", "has_text", "has_image"]
 USER_COLUMNS = ["user", "user_id"]
 INTERACTION_COLUMNS = ["user", "item", "rating", "timestamp", "split"]
+FRAME_FILES = ("items.parquet", "users.parquet", "interactions.parquet")
+#: Written beside the frames by some sources (the synthetic shop's latent attributes); not part of
+#: the content hash, but their sha256 is recorded and verified too.
+SIDE_FILES = ("item_attributes.parquet", "user_attributes.parquet")
+REBUILD = "re-run prepare (or `mmlib prepare`) to rebuild it"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 @dataclass
@@ -92,37 +111,87 @@ class Dataset:
     # -- persistence ---------------------------------------------------------------------------
 
     def save(self, root: Path) -> Path:
+        """Write the three parquet files, then the manifest, each atomically (manifest last).
+
+        The frames are replaced by what was written, read back, and the content hash is computed
+        from those: a dtype that a parquet round trip changes can never make `load` disagree with
+        the hash that `save` recorded."""
         root = Path(root)
         root.mkdir(parents=True, exist_ok=True)
-        self.items[ITEM_COLUMNS].to_parquet(root / "items.parquet", index=False)
-        self.users[USER_COLUMNS].to_parquet(root / "users.parquet", index=False)
-        self.interactions[INTERACTION_COLUMNS].to_parquet(root / "interactions.parquet", index=False)
+        storage.to_parquet_atomic(self.items[ITEM_COLUMNS], root / "items.parquet")
+        storage.to_parquet_atomic(self.users[USER_COLUMNS], root / "users.parquet")
+        storage.to_parquet_atomic(self.interactions[INTERACTION_COLUMNS], root / "interactions.parquet")
+        self.items = pd.read_parquet(root / "items.parquet")
+        self.users = pd.read_parquet(root / "users.parquet")
+        self.interactions = pd.read_parquet(root / "interactions.parquet")
         self.root = root
         self.manifest = {
             **self.manifest,
             "name": self.name,
             "statistics": self.statistics(),
             "hash": self.content_hash(),
+            "files": {name: _sha256(root / name) for name in (*FRAME_FILES, *SIDE_FILES) if (root / name).is_file()},
         }
-        (root / "manifest.json").write_text(json.dumps(self.manifest, indent=2, default=str))
+        storage.write_json_atomic(root / "manifest.json", self.manifest)
         return root
 
     @classmethod
-    def load(cls, root: Path) -> "Dataset":
+    def load(cls, root: Path, verify: bool = True) -> "Dataset":
+        """Read a Dataset folder. With `verify` (the default) its content hash is recomputed and
+        compared with the manifest's; a mismatch raises MmlibError naming the folder (and the
+        file, where the manifest records per-file hashes)."""
         root = Path(root)
-        missing = [f for f in ("items.parquet", "users.parquet", "interactions.parquet", "manifest.json")
-                   if not (root / f).is_file()]
+        missing = [f for f in (*FRAME_FILES, "manifest.json") if not (root / f).is_file()]
         if missing:
             raise MmlibError(
                 f"{root} is not a Dataset folder (missing {', '.join(missing)}); "
                 "run notebook 01_data or `mmlib prepare` first."
             )
-        manifest = json.loads((root / "manifest.json").read_text())
-        return cls(
+        try:
+            manifest = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise MmlibError(f"{root / 'manifest.json'}: unreadable or not JSON ({exc}); {REBUILD}.") from None
+        frames = {}
+        for name in FRAME_FILES:
+            try:
+                frames[name] = pd.read_parquet(root / name)
+            except Exception as exc:  # pyarrow raises several types for a damaged file
+                raise MmlibError(f"{root / name}: cannot be read as parquet ({type(exc).__name__}: {exc}); "
+                                 f"the Dataset folder {root} is damaged; {REBUILD}.") from None
+        dataset = cls(
             name=manifest.get("name", root.name),
-            items=pd.read_parquet(root / "items.parquet"),
-            users=pd.read_parquet(root / "users.parquet"),
-            interactions=pd.read_parquet(root / "interactions.parquet"),
+            items=frames["items.parquet"],
+            users=frames["users.parquet"],
+            interactions=frames["interactions.parquet"],
             manifest=manifest,
             root=root,
+        )
+        if verify:
+            dataset.verify()
+        return dataset
+
+    def verify(self) -> None:
+        """Raise MmlibError unless the content (frames and image bytes) matches the manifest's hash."""
+        root = self.root
+        expected = self.manifest.get("hash")
+        if not expected:
+            raise MmlibError(f"{root}: its manifest records no content hash, so it cannot be verified; {REBUILD}.")
+        gone = [str(p) for p in self.image_paths() if p is not None and not p.is_file()]
+        recorded = self.manifest.get("files") or {}
+        gone += [str(root / n) for n in (*FRAME_FILES, *SIDE_FILES) if n in recorded and not (root / n).is_file()]
+        if gone:
+            raise MmlibError(f"Dataset folder {root}: file(s) {', '.join(gone[:3])} are missing; {REBUILD}.")
+        side = [n for n in SIDE_FILES if n in recorded and _sha256(root / n) != recorded[n]]
+        if side:
+            raise MmlibError(f"Dataset folder {root} does not match its manifest ({', '.join(side)} changed "
+                             f"after it was prepared); {REBUILD}.")
+        actual = self.content_hash()
+        if actual == expected:
+            return
+        changed = [n for n in FRAME_FILES if n in recorded and _sha256(root / n) != recorded[n]]
+        what = (f"{', '.join(changed)} changed" if changed
+                else "an image under images/ or the manifest changed" if recorded else "its content changed")
+        raise MmlibError(
+            f"Dataset folder {root} does not match its manifest ({what} after it was prepared: content hash "
+            f"{actual}, manifest {expected}); its numbers cannot be trusted: {REBUILD}."
         )

@@ -13,19 +13,33 @@ missing_modality: drop       # drop items lacking text or image (the paper) | ke
 split: {strategy: elliot, test_ratio: 0.2, val_ratio: 0.1, seed: 42}
 ```
 
-The result is saved to `out_dir` (items/users/interactions parquet + manifest.json); images are
-linked or copied into `out_dir/images/` so that the folder is self-contained. Preparing again with
-the same spec reuses the folder.
+The result is saved to `out_dir` (items/users/interactions parquet + manifest.json + inputs.json);
+images are *copied* into `out_dir/images/` (never hard-linked: rewriting a source image in place
+must not change the Dataset through a shared inode), so the folder is self-contained.
+
+Preparing again reuses the folder only if it is still exactly what the spec and the source give:
+the same spec and prepare version, the same bytes in every source file read (size and mtime are
+checked first, sha256 only when they differ; `inputs.json` holds the records), and a folder whose
+content matches its manifest hash (`Dataset.load(verify=True)`). Otherwise it is rebuilt, with a
+warning naming what changed. Builds go to a folder unique to this host, process and call, under a
+lock (`mmlib.storage.artifact_lock`) that holds across processes and machines, and replace
+`out_dir` only when complete: an interrupted prepare never damages a finished Dataset.
+
+What the data stage decides for the user is recorded in the manifest's `steps` (and logged), with
+its policy in words: ids stripped of surrounding whitespace (`ids`), unusable images (`images`:
+outside the source folder, undecodable), the missing-modality policy, duplicates and pairs in both
+train and a held-out split of a fixed split (`deduplicate`), users and items only in held-out
+splits (`cold_start`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import logging
 import os
 import re
+import secrets
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,17 +48,22 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from mmlib import storage
 from mmlib.config import from_mapping, load_yaml
 from mmlib.data import preprocess
 from mmlib.data.dataset import Dataset
+from mmlib.data.images import ingest_images, prune_images
+from mmlib.data.inputs import InputLog, changed_inputs, fingerprint
 from mmlib.data.sources import SourceData, options_class, source_info
-from mmlib.data.splits import apply_split
+from mmlib.data.splits import apply_split, check_fixed
 from mmlib.errors import MmlibError
 
 log = logging.getLogger(__name__)
 
 #: Bumped whenever prepare's output changes for the same spec (invalidates reuse).
-PREPARE_VERSION = 1
+PREPARE_VERSION = 2
+#: The per-file records of the source fingerprint (the manifest holds their summary).
+INPUTS_FILE = "inputs.json"
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -154,77 +173,60 @@ def _spec_record(spec: DatasetSpec) -> dict:
     return record
 
 
-def _same_spec(out_dir: Path, record: dict) -> bool:
-    manifest = out_dir / "manifest.json"
-    if not manifest.is_file():
-        return False
+def _read_manifest(out_dir: Path) -> dict | None:
     try:
-        stored = json.loads(manifest.read_text()).get("spec_record")
-    except (json.JSONDecodeError, OSError):
-        return False
-    return json.loads(json.dumps(record, default=str)) == stored
+        manifest = json.loads((out_dir / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
 
 
-def _safe_name(item_id: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", str(item_id))[:120] or "item"
+def _input_base(spec: DatasetSpec, manifest: dict) -> Path | None:
+    """Where the recorded source files are now: the spec's folder (it may have moved with
+    $MMLIB_DATA), else the folder recorded at build time."""
+    if spec.path:
+        return resolve_data_path(spec.path)
+    base = (manifest.get("inputs") or {}).get("base")
+    return Path(base) if base else None
 
 
-def _materialise_images(items: pd.DataFrame, root: Path | None, build: Path) -> tuple[pd.DataFrame, dict]:
-    """Make every image live under build/images/ (hard link, else copy); paths become relative."""
-    image_dir = build / "images"
-    image_dir.mkdir(parents=True, exist_ok=True)
-    out = items.copy()
-    paths: list[str | None] = []
-    linked = copied = kept = 0
-    used: set[str] = set()
-    for item_id, path in zip(out["item_id"], out["image"]):
-        if not isinstance(path, str) or not path:
-            paths.append(None)
-            continue
-        src = preprocess.resolve_image(path, root).resolve()
-        if src.parent == image_dir.resolve():
-            paths.append(f"images/{src.name}")
-            used.add(src.name)
-            kept += 1
-            continue
-        name = _safe_name(item_id) + src.suffix.lower()
-        if name in used:
-            name = f"{_safe_name(item_id)}_{len(used)}{src.suffix.lower()}"
-        used.add(name)
-        dst = image_dir / name
-        try:
-            os.link(src, dst)
-            linked += 1
-        except OSError:
-            shutil.copyfile(src, dst)
-            copied += 1
-        paths.append(f"images/{name}")
-    removed = 0
-    for f in image_dir.iterdir():  # images of items that were filtered out
-        if f.name not in used:
-            f.unlink()
-            removed += 1
-    out["image"] = pd.Series(paths, dtype=object, index=out.index)
-    if not used:
-        image_dir.rmdir()
-    return out, {"step": "images", "linked": linked, "copied": copied, "generated": kept, "unused_removed": removed}
-
-
-@contextlib.contextmanager
-def _lock(out_dir: Path):
-    """An exclusive lock next to out_dir, so that parallel runs do not prepare the same folder twice."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+def _source_changes(spec: DatasetSpec, out_dir: Path, manifest: dict) -> list[str]:
+    """Why the source no longer gives this Dataset (empty: it still does)."""
+    summary = manifest.get("inputs")
+    if not isinstance(summary, dict):
+        return ["the manifest records no source fingerprint"]
+    records_file = out_dir / INPUTS_FILE
     try:
-        import fcntl
-    except ImportError:  # Windows: no lock
-        yield
-        return
-    with open(out_dir.parent / f".{out_dir.name}.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        records = json.loads(records_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return [f"{records_file} is missing or unreadable"]
+    if not isinstance(records, list) or fingerprint(records) != summary.get("fingerprint"):
+        return [f"{records_file} does not match the manifest's fingerprint"]
+    changes, touched = changed_inputs(records, _input_base(spec, manifest))
+    if touched and not changes:  # same bytes, new mtimes: remember them so as not to hash again
+        storage.write_json_atomic(records_file, records)
+    return changes
+
+
+def _reuse(spec: DatasetSpec, out_dir: Path) -> Dataset | None:
+    """The Dataset in out_dir if it is exactly what `spec` and the source give now, else None."""
+    manifest = _read_manifest(out_dir)
+    if manifest is None:
+        return None
+    if manifest.get("spec_record") != json.loads(json.dumps(_spec_record(spec), default=str)):
+        log.info("%s: built from another spec or prepare version; rebuilding", out_dir)
+        return None
+    changes = _source_changes(spec, out_dir, manifest)
+    if changes:
+        log.warning("%s: the source changed since it was prepared (%s); rebuilding", out_dir, "; ".join(changes))
+        return None
+    try:
+        dataset = Dataset.load(out_dir, verify=True)
+    except MmlibError as exc:
+        log.warning("%s; rebuilding", exc)
+        return None
+    log.info("reusing %s (same spec, same source files, content verified)", out_dir)
+    return dataset
 
 
 def _roundtrip(frame: pd.DataFrame) -> pd.DataFrame:
@@ -268,18 +270,28 @@ def build_dataset(spec: DatasetSpec, work_dir: Path) -> Dataset:
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     data, folder = load_source(spec, work_dir)
+    where = f"source {spec.source!r}" + (f" ({folder})" if folder else "")
     items, users, inter = data.items, data.users, data.interactions
+    preprocess.check_strings(items, users, where)  # before any work is spent on the data
     steps: list[dict] = [{
         "step": "load", "users": len(users), "items": len(items), "interactions": len(inter),
     }]
-    preprocess.check_images(items, data.root)
+    items, users, inter, info = preprocess.strip_ids(items, users, inter, where)
+    steps.append(info)
+    root = data.root if data.root is not None else folder
+    inputs = InputLog(folder if folder is not None else root, list(data.inputs))
+    items, image_info = ingest_images(items, root, work_dir, inputs)
+    steps.append(image_info)
     items, inter, info = preprocess.apply_missing_modality(items, inter, spec.missing_modality)
     steps.append(info)
     if spec.kcore and spec.kcore > 1:
         items, inter, info = preprocess.apply_kcore(items, inter, spec.kcore)
         steps.append(info)
         log.info("k-core %d: removed %d interactions", spec.kcore, info["interactions_removed"])
-    inter, info = preprocess.deduplicate(inter)
+    strategy = spec.split.resolved(data.has_split)
+    if strategy == "fixed":
+        check_fixed(inter, where)  # known labels before de-duplication ranks them
+    inter, info = preprocess.deduplicate(inter, fixed_split=strategy == "fixed")
     steps.append(info)
     items, users, inter, info = preprocess.reindex(items, users, inter)
     steps.append(info)
@@ -288,7 +300,6 @@ def build_dataset(spec: DatasetSpec, work_dir: Path) -> Dataset:
             f"dataset {spec.name!r}: no interactions left after preprocessing ({steps}); "
             "relax kcore or use missing_modality: keep."
         )
-    strategy = spec.split.resolved(data.has_split)
     if strategy == "temporal" and inter["timestamp"].nunique() <= 1:
         raise MmlibError(
             f"dataset {spec.name!r}: split strategy 'temporal' needs timestamps, but source "
@@ -299,20 +310,30 @@ def build_dataset(spec: DatasetSpec, work_dir: Path) -> Dataset:
     if strategy == "elliot":
         split_info.update(test_ratio=spec.split.test_ratio, val_ratio=spec.split.val_ratio)
     steps.append(split_info)
-    items, info = _materialise_images(items, data.root, work_dir)
-    steps.append(info)
+    steps.append(preprocess.count_cold(inter))
+    image_info["unused_removed"] = prune_images(items, work_dir)  # images of items filtered out
 
     extras = {"items": [c for c in items.columns if c not in ("item", "item_id", "text", "image", "has_text", "has_image")],
               "users": [c for c in users.columns if c not in ("user", "user_id")]}
     if extras["items"] or extras["users"]:  # e.g. the synthetic shop's latent attributes and tastes
-        items[["item", "item_id", *extras["items"]]].to_parquet(work_dir / "item_attributes.parquet", index=False)
-        users[["user", "user_id", *extras["users"]]].to_parquet(work_dir / "user_attributes.parquet", index=False)
+        storage.to_parquet_atomic(items[["item", "item_id", *extras["items"]]], work_dir / "item_attributes.parquet")
+        storage.to_parquet_atomic(users[["user", "user_id", *extras["users"]]], work_dir / "user_attributes.parquet")
 
+    storage.write_json_atomic(work_dir / INPUTS_FILE, inputs.records)
     inter = inter.astype({"user": np.int64, "item": np.int64, "rating": np.float32, "timestamp": np.int64})
     items, users, inter = _normalise(items, users, inter)
     manifest = {
         "spec_record": _spec_record(spec),
         "source": {"name": spec.source, "path": str(folder) if folder else None, **data.info},
+        "inputs": {
+            "base": str(inputs.base.absolute()) if inputs.records and inputs.base is not None else None,
+            "files": sum(1 for r in inputs.records if "sha256" in r),
+            "records": INPUTS_FILE,
+            "fingerprint": fingerprint(inputs.records),
+            "note": ("every source file read, with size, mtime_ns and sha256 (see the records file); "
+                     "a change of content rebuilds the Dataset" if inputs.records else
+                     "no source files: the spec and the generator version are the fingerprint"),
+        },
         "steps": steps,
         "split": split_info,
         "missing_modality": spec.missing_modality,
@@ -320,40 +341,81 @@ def build_dataset(spec: DatasetSpec, work_dir: Path) -> Dataset:
     return Dataset(name=spec.name, items=items, users=users, interactions=inter, manifest=manifest, root=work_dir)
 
 
+_WORK_RE = r"\.(?P<kind>build|old)-(?P<host>[^-]+)-(?P<pid>\d+)-(?P<token>[0-9a-f]+)"
+
+
+def _work_folder(out_dir: Path, kind: str) -> Path:
+    """A sibling of out_dir whose name is unique to this host, process and call."""
+    return out_dir.parent / f".{out_dir.name}.{kind}-{storage.HOST}-{os.getpid()}-{secrets.token_hex(6)}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def _sweep_work_folders(out_dir: Path) -> None:
+    """Remove build/old folders of out_dir left by dead processes of this host (a SIGKILL mid-build);
+    those of live processes or other hosts are never touched."""
+    pattern = re.compile(re.escape(f".{out_dir.name}") + _WORK_RE)
+    if not out_dir.parent.is_dir():
+        return
+    for entry in out_dir.parent.iterdir():
+        match = pattern.fullmatch(entry.name)
+        if not match or match["host"] != storage.HOST or _pid_alive(int(match["pid"])):
+            continue
+        log.info("removing %s, left by process %s that is gone", entry, match["pid"])
+        shutil.rmtree(entry, ignore_errors=True)
+
+
+def _replace(build: Path, out_dir: Path) -> None:
+    """Put the finished build in out_dir's place. The old folder is moved aside first, so that a
+    crash in between leaves either folder whole (the aside one is swept by the next prepare)."""
+    old = None
+    if out_dir.exists():
+        old = _work_folder(out_dir, "old")
+        out_dir.rename(old)
+    build.rename(out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def prepare_dataset(spec: DatasetSpec | dict, out_dir: Path | str) -> Dataset:
-    """Build the Dataset described by `spec` into `out_dir`, or reuse it if already there."""
+    """Build the Dataset described by `spec` into `out_dir`, or reuse it if it is still exactly what
+    the spec and the source give: same spec, same source file contents (the fingerprint), and a
+    folder whose content matches its manifest hash. Anything else rebuilds, with a warning."""
     if not isinstance(spec, DatasetSpec):
         spec = DatasetSpec.from_mapping(spec)
     out_dir = Path(out_dir)
-    record = _spec_record(spec)
-    with _lock(out_dir):
-        if _same_spec(out_dir, record):
-            try:
-                dataset = Dataset.load(out_dir)
-                log.info("reusing %s (same spec)", out_dir)
-                return dataset
-            except MmlibError:
-                pass  # incomplete folder: rebuild
-        if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "manifest.json").is_file():
-            raise MmlibError(
-                f"{out_dir}: exists, is not empty and is not a Dataset folder; refusing to overwrite it. "
-                "Choose another output folder or empty this one."
-            )
-        build = out_dir.parent / f".{out_dir.name}.build-{os.getpid()}"
-        if build.exists():
-            shutil.rmtree(build)
-        try:
-            log.info("preparing dataset %r from source %r into %s", spec.name, spec.source, out_dir)
-            dataset = build_dataset(spec, build)
-            dataset.save(build)
-            if out_dir.exists():
-                shutil.rmtree(out_dir)
-            build.rename(out_dir)
-        finally:
-            if build.exists():
-                shutil.rmtree(build, ignore_errors=True)
-    dataset = Dataset.load(out_dir)
+    with storage.artifact_lock(out_dir.parent / f".{out_dir.name}.lock", f"prepare {spec.name}"):
+        _sweep_work_folders(out_dir)
+        dataset = _reuse(spec, out_dir)
+        if dataset is None:
+            dataset = _build(spec, out_dir)
     stats = dataset.manifest["statistics"]
     log.info("dataset %r: %d users, %d items, %d interactions (train/val/test %s)", spec.name,
              stats["users"], stats["items"], stats["interactions"], stats["splits"])
     return dataset
+
+
+def _build(spec: DatasetSpec, out_dir: Path) -> Dataset:
+    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "manifest.json").is_file():
+        raise MmlibError(
+            f"{out_dir}: exists, is not empty and is not a Dataset folder; refusing to overwrite it. "
+            "Choose another output folder or empty this one."
+        )
+    build = _work_folder(out_dir, "build")
+    try:
+        log.info("preparing dataset %r from source %r into %s", spec.name, spec.source, out_dir)
+        dataset = build_dataset(spec, build)
+        dataset.save(build)
+        _replace(build, out_dir)
+    finally:
+        if build.exists():  # ours alone: the name is unique to this call
+            shutil.rmtree(build, ignore_errors=True)
+    return Dataset.load(out_dir, verify=False)  # just written under our lock

@@ -1,13 +1,14 @@
-"""Preprocessing: image-file checks, the missing-modality policy, k-core, dense re-indexing.
+"""Preprocessing: string checks, id normalisation, the missing-modality policy, k-core,
+de-duplication, dense re-indexing and the cold-start count.
 
-Each step returns new frames plus a small dict (its parameters and what it removed) that
-`prepare_dataset` records in the manifest.
+Each step returns new frames plus a small dict (its parameters, its policy in words and what it
+changed) that `prepare_dataset` records in the manifest and logs: no step changes the data
+silently.
 """
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -29,21 +30,74 @@ def image_declared(image: pd.Series) -> np.ndarray:
     return np.array([isinstance(p, str) and bool(p.strip()) for p in image], dtype=bool)
 
 
-def resolve_image(path: str, root: Path | None) -> Path:
-    p = Path(path)
-    return p if p.is_absolute() or root is None else Path(root) / p
+def check_strings(items: pd.DataFrame, users: pd.DataFrame, where: str) -> None:
+    """Raise, before any work is spent, if an id, text or image path cannot be stored as UTF-8
+    (a lone surrogate such as '\\udc80', from a bad \\u escape in JSON or text decoded with
+    'surrogateescape'); parquet writing would otherwise fail much later with a traceback."""
+    for frame, key, columns in ((items, "item_id", ("item_id", "text", "image")), (users, "user_id", ("user_id",))):
+        for column in columns:
+            values = [v for v in frame[column] if isinstance(v, str)]
+            try:
+                "".join(values).encode("utf-8")
+                continue
+            except UnicodeEncodeError:
+                pass
+            for row, (ident, value) in enumerate(zip(frame[key], frame[column])):
+                if not isinstance(value, str):
+                    continue
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError as exc:
+                    raise MmlibError(
+                        f"{where}: {column} of {key.split('_')[0]} {ident!r} (row {row + 1}) contains "
+                        f"{value[exc.start:exc.end]!r} at position {exc.start}, a lone surrogate that is "
+                        "not valid Unicode text and cannot be stored. Fix the source (re-save the file as "
+                        "UTF-8, or correct the \\u escape in JSON) and prepare again."
+                    ) from None
 
 
-def check_images(items: pd.DataFrame, root: Path | None) -> None:
-    """Raise if an item names an image file that does not exist (never silently 'missing')."""
-    declared = image_declared(items["image"])
-    for item_id, path in zip(items["item_id"].to_numpy()[declared], items["image"].to_numpy()[declared]):
-        full = resolve_image(path, root)
-        if not full.is_file():
-            raise MmlibError(
-                f"item {item_id!r}: image file {full} does not exist. Restore the file, fix the "
-                "path, or set the item's image to null (empty) to declare its image missing."
-            )
+def _strip(frame: pd.DataFrame, code: str, ident: str, where: str) -> tuple[pd.DataFrame, pd.Series, int, int]:
+    """Strip surrounding whitespace from ids; rows whose stripped ids are equal become the first one.
+    Returns the kept rows, the code -> kept code map, how many ids changed and how many merged."""
+    raw = frame[ident].astype(str)
+    stripped = raw.str.strip()
+    blank = (stripped == "").to_numpy()
+    if blank.any():
+        row = int(np.flatnonzero(blank)[0])
+        raise MmlibError(f"{where}: {ident} {raw.iloc[row]!r} (row {row + 1}) is empty once surrounding "
+                         "whitespace is removed; give every user and item a non-empty id.")
+    first = frame[code].groupby(stripped.to_numpy(), sort=False).transform("first")
+    keep = (frame[code] == first).to_numpy()
+    out = frame[keep].copy()
+    out[ident] = stripped[keep].to_numpy()
+    mapping = pd.Series(first.to_numpy(), index=frame[code].to_numpy())
+    return out.reset_index(drop=True), mapping, int((raw != stripped).sum()), int((~keep).sum())
+
+
+def strip_ids(items: pd.DataFrame, users: pd.DataFrame, interactions: pd.DataFrame,
+              where: str = "source") -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
+    """Ids are compared without surrounding whitespace: " u1" and "u1" are one user (a stray
+    space in a hand-edited file must not split a user's history in two). Merged items keep the
+    first occurrence's text and image; their interactions move to it."""
+    items2, item_map, items_stripped, items_merged = _strip(items, "item", "item_id", where)
+    users2, user_map, users_stripped, users_merged = _strip(users, "user", "user_id", where)
+    inter = interactions.copy()
+    if items_merged:
+        inter["item"] = item_map.reindex(inter["item"].to_numpy()).to_numpy()
+    if users_merged:
+        inter["user"] = user_map.reindex(inter["user"].to_numpy()).to_numpy()
+    info = {
+        "step": "ids",
+        "policy": "surrounding whitespace is stripped from user and item ids; ids equal after "
+                  "stripping are one id (a merged item keeps its first text and image)",
+        "user_ids_stripped": users_stripped, "users_merged": users_merged,
+        "item_ids_stripped": items_stripped, "items_merged": items_merged,
+    }
+    if users_stripped or items_stripped:
+        log.warning("ids with surrounding whitespace: %d user id(s) and %d item id(s) stripped; %d user(s) "
+                    "and %d item(s) merged into the id they equal once stripped", users_stripped,
+                    items_stripped, users_merged, items_merged)
+    return items2, users2, inter, info
 
 
 def mark_modalities(items: pd.DataFrame) -> pd.DataFrame:
@@ -118,14 +172,72 @@ def apply_kcore(items: pd.DataFrame, interactions: pd.DataFrame, k: int | None) 
     return items, kept, info
 
 
-def deduplicate(interactions: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
-    """Keep one row per (user, item): the latest by timestamp (then the last row)."""
-    order = np.lexsort((np.arange(len(interactions)), interactions["timestamp"].to_numpy(),
+SPLIT_RANK = {"train": 0, "val": 1, "test": 2}
+
+
+def deduplicate(interactions: pd.DataFrame, fixed_split: bool = False) -> tuple[pd.DataFrame, dict]:
+    """Keep one row per (user, item).
+
+    Without a split of the source's own: the latest by timestamp (then the last row). With one
+    (`fixed_split`), a pair that is both in train and held out would put a test item among the
+    training items (masked, so never counted as a hit, and leaked to the model): the held-out copy
+    wins and the train copy is removed; between val and test, test wins; within one split the
+    latest is kept. Each kind is counted.
+    """
+    n = len(interactions)
+    rank = (interactions["split"].map(SPLIT_RANK).to_numpy(np.int64) if fixed_split
+            else np.zeros(n, np.int64))
+    order = np.lexsort((np.arange(n), interactions["timestamp"].to_numpy(), rank,
                         interactions["item"].to_numpy(), interactions["user"].to_numpy()))
     sorted_ = interactions.iloc[order]
     dup = sorted_.duplicated(["user", "item"], keep="last").to_numpy()
     kept = sorted_[~dup].sort_index()
-    return kept.reset_index(drop=True), {"step": "deduplicate", "interactions_removed": int(dup.sum())}
+    info = {"step": "deduplicate", "interactions_removed": int(dup.sum())}
+    if fixed_split:
+        # each removed row against the row kept for its pair (the last of its group in `order`)
+        winner = sorted_.groupby(["user", "item"], sort=False)["split"].transform("last").to_numpy()
+        lost = sorted_["split"].to_numpy()
+        overlap_train = int((dup & (lost == "train") & (winner != "train")).sum())
+        overlap_val = int((dup & (lost == "val") & (winner == "test")).sum())
+        info.update(
+            policy="a (user, item) pair in train and in a held-out split of the source's own split: "
+                   "the held-out copy wins and the train copy is removed; in val and test: test wins; "
+                   "repeated within one split: the latest is kept",
+            train_heldout_overlap_removed=overlap_train, val_test_overlap_removed=overlap_val,
+            within_split_duplicates_removed=int(dup.sum()) - overlap_train - overlap_val,
+        )
+        if overlap_train or overlap_val:
+            log.warning("the source's split puts %d (user, item) pair(s) in train and held out, and %d in "
+                        "val and test; the held-out (test) copies are kept", overlap_train, overlap_val)
+    else:
+        info["policy"] = "one row per (user, item): the latest by timestamp"
+    if info["interactions_removed"]:
+        log.info("deduplicate: removed %d repeated (user, item) interaction(s)", info["interactions_removed"])
+    return kept.reset_index(drop=True), info
+
+
+def count_cold(interactions: pd.DataFrame) -> dict:
+    """Users and items that occur only in held-out splits (no training interaction)."""
+    train = interactions["split"].to_numpy() == "train"
+    heldout = ~train
+    users_train = np.unique(interactions["user"].to_numpy()[train])
+    items_train = np.unique(interactions["item"].to_numpy()[train])
+    cold_u = heldout & ~np.isin(interactions["user"].to_numpy(), users_train)
+    cold_i = heldout & ~np.isin(interactions["item"].to_numpy(), items_train)
+    info = {
+        "step": "cold_start",
+        "policy": "users without training interactions are kept in the data but not evaluated (the "
+                  "evaluator skips users with no training row); items only in held-out splits are "
+                  "kept and ranked, though no model saw them in training",
+        "users_only_in_heldout": int(np.unique(interactions["user"].to_numpy()[cold_u]).size),
+        "heldout_interactions_of_those_users": int(cold_u.sum()),
+        "items_only_in_heldout": int(np.unique(interactions["item"].to_numpy()[cold_i]).size),
+        "heldout_interactions_of_those_items": int(cold_i.sum()),
+    }
+    if info["users_only_in_heldout"] or info["items_only_in_heldout"]:
+        log.info("cold start: %d user(s) occur only in val/test (not evaluated) and %d item(s) only in "
+                 "val/test (kept)", info["users_only_in_heldout"], info["items_only_in_heldout"])
+    return info
 
 
 def reindex(items: pd.DataFrame, users: pd.DataFrame, interactions: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:

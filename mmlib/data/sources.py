@@ -2,7 +2,12 @@
 
 Every loader returns a `SourceData`: frames in the Dataset column layout (before filtering and
 re-indexing; `item`/`user` are already integer codes), the folder that relative image paths are
-relative to, whether the source brings its own split, and a dict for the manifest.
+relative to, whether the source brings its own split, a dict for the manifest, and the records
+of every file it read (`mmlib.data.inputs`: the fingerprint that tells prepare when to rebuild).
+Files are read once, through an `InputLog`, so that the hashed bytes are the parsed bytes.
+
+Ratings and timestamps must be finite numbers: NaN, inf and -inf are refused at load, naming the
+file, the column and the data row (a NaN rating would otherwise reach graded nDCG as a NaN gain).
 
 | source              | what it reads                                                    | split    |
 |---------------------|------------------------------------------------------------------|----------|
@@ -10,10 +15,14 @@ relative to, whether the source brings its own split, and a dict for the manifes
 | `elliot_tsv`        | `train.tsv`, `val.tsv`, `test.tsv`: user, item, rating[, timestamp], no header | yes |
 | `mmrec`             | `<name>.inter` (header userID itemID [rating] [timestamp] x_label), or LATTICE-style `train.json`/`val.json`/`test.json` | yes |
 | `movielens_posters` | `ml-latest-small/{ratings,movies,tags}.csv` + `posters/<movieId>.jpg` | no   |
+
+Image paths are relative to `SourceData.root` and left unresolved: prepare refuses any that resolve
+(through '..' or a symbolic link) outside that folder.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from dataclasses import asdict, dataclass, field
@@ -24,8 +33,10 @@ import numpy as np
 import pandas as pd
 
 from mmlib.config import from_mapping
+from mmlib.data.inputs import InputLog
 from mmlib.data.synthetic import SyntheticOptions, generate_synthetic
 from mmlib.errors import MmlibError
+from mmlib.storage import confined
 
 log = logging.getLogger(__name__)
 
@@ -38,19 +49,21 @@ class SourceData:
     root: Path | None = None  # folder that relative image paths are relative to
     has_split: bool = False
     info: dict = field(default_factory=dict)
+    inputs: list[dict] = field(default_factory=list)  # InputLog records of the files read
 
 
 # -- helpers ---------------------------------------------------------------------------------------
 
 
-def _read_table(path: Path, **kwargs) -> pd.DataFrame:
+def _read_table(path: Path, inputs: InputLog, **kwargs) -> pd.DataFrame:
     """pd.read_csv with errors that name the file; an empty file (or one with a header only) raises."""
     if not path.is_file():
         raise MmlibError(f"{path}: file not found; check the dataset `path` and the folder's contents.")
-    if path.stat().st_size == 0:
+    data = inputs.read(path)
+    if not data:
         raise MmlibError(f"{path}: the interactions file is empty (0 bytes); supply a non-empty file.")
     try:
-        frame = pd.read_csv(path, **kwargs)
+        frame = pd.read_csv(io.BytesIO(data), **kwargs)
     except pd.errors.EmptyDataError as exc:
         raise MmlibError(f"{path}: the file is empty; supply a non-empty file.") from exc
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
@@ -63,16 +76,53 @@ def _require_rows(frame: pd.DataFrame, path: Path) -> None:
         raise MmlibError(f"{path}: the interactions file has 0 rows; supply a non-empty file.")
 
 
-def _numeric(column: pd.Series, path: Path, name: str, dtype) -> np.ndarray:
+def _is_number(value) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _numeric(column: pd.Series, path: Path, name: str, dtype, header: bool = True) -> np.ndarray:
+    """The column as finite numbers; a blank, non-numeric, NaN or infinite value raises, naming the
+    file, the column, the data row and the line."""
     values = pd.to_numeric(column, errors="coerce")
-    bad = values.isna().to_numpy()
+    bad = ~np.isfinite(values.to_numpy(np.float64))
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
+        raw = column.iloc[row]
+        shown = repr(raw) if isinstance(raw, str) else str(raw)  # not "np.float64(inf)"
+        where = f"data row {row + 1} (line {row + 1 + int(header)})"
+        hint = ""
+        if raw is None or (isinstance(raw, str) and not raw.strip()):
+            what = "no value"
+        elif _is_number(raw):
+            what, hint = f"a non-finite value {shown}", "NaN and infinities are not valid values; "
+        else:
+            what = f"a non-numeric value {shown}"
+        raise MmlibError(f"{path}: column {name!r} has {what} in {where}; {hint}fix or remove that row.")
+    values = values.to_numpy()
+    if np.issubdtype(dtype, np.integer) or "timestamp" in name:  # must fit int64 (seconds)
+        too_big = np.abs(values.astype(np.float64)) >= 2.0**62
+        if too_big.any():
+            row = int(np.flatnonzero(too_big)[0])
+            raise MmlibError(f"{path}: column {name!r} has {column.iloc[row]!r} in data row {row + 1}, "
+                             "too large for a timestamp (64-bit seconds); fix or remove that row.")
+    return values.astype(dtype)
+
+
+def _check_utf8(value: str, file: Path, what: str) -> None:
+    """Raise if `value` holds a lone surrogate (e.g. '\\udc80' from a bad \\u escape in JSON): it
+    is not valid Unicode text and would fail later, in pandas or parquet, with a traceback."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
         raise MmlibError(
-            f"{path}: column {name!r} has a non-numeric value {column.iloc[row]!r} "
-            f"(data row {row + 1}); fix or remove that row."
-        )
-    return values.to_numpy().astype(dtype)
+            f"{file}: the {what} {value!r} contains {value[exc.start:exc.end]!r}, a lone surrogate that is "
+            "not valid Unicode text and cannot be stored. Fix the file (correct the \\u escape, or "
+            "re-save it as UTF-8) and prepare again."
+        ) from None
 
 
 def _id_only_items(codes: pd.Index) -> pd.DataFrame:
@@ -90,7 +140,7 @@ def _users(codes: pd.Index) -> pd.DataFrame:
     return pd.DataFrame({"user": np.arange(len(codes), dtype=np.int64), "user_id": [str(c) for c in codes]})
 
 
-def _from_raw(raw: pd.DataFrame, info: dict, has_split: bool) -> SourceData:
+def _from_raw(raw: pd.DataFrame, info: dict, has_split: bool, inputs: InputLog) -> SourceData:
     """raw has string columns user_id, item_id and numeric rating, timestamp [, split]."""
     u_codes, u_index = pd.factorize(raw["user_id"])
     i_codes, i_index = pd.factorize(raw["item_id"])
@@ -102,7 +152,7 @@ def _from_raw(raw: pd.DataFrame, info: dict, has_split: bool) -> SourceData:
     })
     if has_split:
         inter["split"] = raw["split"].to_numpy()
-    return SourceData(_id_only_items(i_index), _users(u_index), inter, None, has_split, info)
+    return SourceData(_id_only_items(i_index), _users(u_index), inter, None, has_split, info, inputs.records)
 
 
 # -- synthetic -------------------------------------------------------------------------------------
@@ -128,10 +178,11 @@ class ElliotTsvOptions:
 
 def load_elliot_tsv(path: Path, options: dict, work_dir: Path | None = None) -> SourceData:
     opt = from_mapping(ElliotTsvOptions, options or {}, "dataset.options (elliot_tsv)")
+    inputs = InputLog(Path(path))
     parts = []
     for split, name in (("train", opt.train), ("val", opt.val), ("test", opt.test)):
-        file = Path(path) / name
-        frame = _read_table(file, sep="\t", header=None, dtype=str, keep_default_na=False)
+        file = confined(Path(path), name)  # an option like "../x.tsv" may not leave the folder
+        frame = _read_table(file, inputs, sep="\t", header=None, dtype=str, keep_default_na=False)
         _require_rows(frame, file)
         if frame.shape[1] not in (3, 4):
             raise MmlibError(
@@ -141,15 +192,15 @@ def load_elliot_tsv(path: Path, options: dict, work_dir: Path | None = None) -> 
         part = pd.DataFrame({
             "user_id": frame[0].to_numpy(),
             "item_id": frame[1].to_numpy(),
-            "rating": _numeric(frame[2], file, "rating (column 3)", np.float32),
-            "timestamp": (_numeric(frame[3], file, "timestamp (column 4)", np.float64).astype(np.int64)
+            "rating": _numeric(frame[2], file, "rating (column 3)", np.float32, header=False),
+            "timestamp": (_numeric(frame[3], file, "timestamp (column 4)", np.float64, header=False).astype(np.int64)
                           if frame.shape[1] == 4 else np.zeros(len(frame), np.int64)),
             "split": split,
         })
         parts.append(part)
     raw = pd.concat(parts, ignore_index=True)
     info = {"files": [opt.train, opt.val, opt.test], "rows": {p["split"].iat[0]: len(p) for p in parts}}
-    return _from_raw(raw, info, has_split=True)
+    return _from_raw(raw, info, has_split=True, inputs=inputs)
 
 
 # -- mmrec -----------------------------------------------------------------------------------------
@@ -165,8 +216,8 @@ class MmrecOptions:
 X_LABELS = {0: "train", 1: "val", 2: "test"}
 
 
-def _mmrec_inter(file: Path) -> SourceData:
-    frame = _read_table(file, sep="\t", dtype=str, keep_default_na=False)
+def _mmrec_inter(file: Path, inputs: InputLog) -> SourceData:
+    frame = _read_table(file, inputs, sep="\t", dtype=str, keep_default_na=False)
     _require_rows(frame, file)
     missing = [c for c in ("userID", "itemID", "x_label") if c not in frame.columns]
     if missing:
@@ -188,18 +239,25 @@ def _mmrec_inter(file: Path) -> SourceData:
         "split": np.array([X_LABELS[x] for x in range(3)], dtype=object)[labels],
     })
     info = {"format": "inter", "file": file.name, "rows": {s: int((raw["split"] == s).sum()) for s in X_LABELS.values()}}
-    return _from_raw(raw, info, has_split=True)
+    return _from_raw(raw, info, has_split=True, inputs=inputs)
 
 
-def _mmrec_json(folder: Path) -> SourceData:
+def _read_json(file: Path, inputs: InputLog):
+    try:
+        return json.loads(inputs.read(file))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MmlibError(f"{file}: malformed JSON ({exc}).") from exc
+
+
+def _mmrec_json(folder: Path, inputs: InputLog) -> SourceData:
     def inverse(name: str) -> dict[int, str] | None:
         file = folder / name
         if not file.is_file():
+            inputs.absent(file)
             return None
-        try:
-            mapping = json.loads(file.read_text())
-        except json.JSONDecodeError as exc:
-            raise MmlibError(f"{file}: malformed JSON ({exc}).") from exc
+        mapping = _read_json(file, inputs)
+        for key in mapping:  # a bad \u escape gives a lone surrogate, which no frame can hold
+            _check_utf8(str(key), file, "id")
         return {int(v): str(k) for k, v in mapping.items()}
 
     items_map, users_map = inverse("item2id.json"), inverse("user2id.json")
@@ -210,10 +268,7 @@ def _mmrec_json(folder: Path) -> SourceData:
             raise MmlibError(f"{file}: file not found; the JSON layout needs train.json, val.json and test.json.")
         if file.stat().st_size == 0:
             raise MmlibError(f"{file}: the interactions file is empty (0 bytes); supply a non-empty file.")
-        try:
-            data = json.loads(file.read_text())
-        except json.JSONDecodeError as exc:
-            raise MmlibError(f"{file}: malformed JSON ({exc}).") from exc
+        data = _read_json(file, inputs)
         if not isinstance(data, dict):
             raise MmlibError(f"{file}: expected an object {{user: [items]}}, got {type(data).__name__}.")
         users = np.repeat(np.array([int(u) for u in data], dtype=np.int64), [len(v) for v in data.values()])
@@ -238,24 +293,25 @@ def _mmrec_json(folder: Path) -> SourceData:
     users = _users(pd.Index(user_ids))
     info = {"format": "json", "files": ["train.json", "val.json", "test.json"],
             "rows": {p["split"].iat[0]: len(p) for p in parts}, "id_maps": bool(items_map and users_map)}
-    return SourceData(items, users, inter, None, True, info)
+    return SourceData(items, users, inter, None, True, info, inputs.records)
 
 
 def load_mmrec(path: Path, options: dict, work_dir: Path | None = None) -> SourceData:
     opt = from_mapping(MmrecOptions, options or {}, "dataset.options (mmrec)")
     folder = Path(path)
+    inputs = InputLog(folder)
     if opt.inter is not None:
-        return _mmrec_inter(folder / opt.inter)
-    inters = sorted(folder.glob("*.inter"))
+        return _mmrec_inter(confined(folder, opt.inter), inputs)
+    inters = [folder / n for n in sorted(inputs.listing(folder, "*.inter"))]
     if len(inters) == 1:
-        return _mmrec_inter(inters[0])
+        return _mmrec_inter(inters[0], inputs)
     if len(inters) > 1:
         raise MmlibError(
             f"{folder}: holds several .inter files ({', '.join(p.name for p in inters)}); "
             "choose one with dataset.options.inter."
         )
     if (folder / "train.json").is_file():
-        return _mmrec_json(folder)
+        return _mmrec_json(folder, inputs)
     raise MmlibError(f"{folder}: no .inter file and no train/val/test.json; is this an MMRec dataset folder?")
 
 
@@ -272,16 +328,17 @@ class MovielensOptions:
 def load_movielens_posters(path: Path, options: dict, work_dir: Path | None = None) -> SourceData:
     opt = from_mapping(MovielensOptions, options or {}, "dataset.options (movielens_posters)")
     folder = Path(path)
+    inputs = InputLog(folder)
     csv_dir = folder / "ml-latest-small" if (folder / "ml-latest-small").is_dir() else folder
     poster_dir = folder / "posters"
     ratings_file = csv_dir / "ratings.csv"
-    ratings = _read_table(ratings_file, dtype={"userId": str, "movieId": str})
+    ratings = _read_table(ratings_file, inputs, dtype={"userId": str, "movieId": str})
     _require_rows(ratings, ratings_file)
     for col in ("userId", "movieId", "rating", "timestamp"):
         if col not in ratings.columns:
             raise MmlibError(f"{ratings_file}: missing column {col!r} (found {list(ratings.columns)}).")
     movies_file = csv_dir / "movies.csv"
-    movies = _read_table(movies_file, dtype=str, keep_default_na=False)
+    movies = _read_table(movies_file, inputs, dtype=str, keep_default_na=False)
     movies = movies.set_index("movieId")
 
     raw = pd.DataFrame({
@@ -300,13 +357,16 @@ def load_movielens_posters(path: Path, options: dict, work_dir: Path | None = No
 
     tags: dict[str, list[str]] = {}
     tags_file = csv_dir / "tags.csv"
+    if opt.tags and not tags_file.is_file():
+        inputs.absent(tags_file)
     if opt.tags and tags_file.is_file():
-        tag_frame = _read_table(tags_file, dtype=str, keep_default_na=False)
+        tag_frame = _read_table(tags_file, inputs, dtype=str, keep_default_na=False)
         for movie, tag in zip(tag_frame["movieId"], tag_frame["tag"]):
             seen = tags.setdefault(movie, [])
             if tag.strip() and tag.strip().lower() not in (t.lower() for t in seen):
                 seen.append(tag.strip())
 
+    posters = inputs.listing(poster_dir, "*.jpg")  # one listing, recorded: a poster added later is noticed
     texts, images = [], []
     for movie in movie_ids:
         title, genres = movies.at[movie, "title"], movies.at[movie, "genres"]
@@ -317,8 +377,8 @@ def load_movielens_posters(path: Path, options: dict, work_dir: Path | None = No
         if tags.get(movie):
             parts.append("Tags: " + ", ".join(tags[movie]) + ".")
         texts.append(" ".join(parts))
-        poster = poster_dir / f"{movie}.jpg"
-        images.append(str(poster.resolve()) if poster.is_file() else None)
+        # relative to the folder, unresolved: prepare checks that it stays inside the folder
+        images.append(f"posters/{movie}.jpg" if f"{movie}.jpg" in posters else None)
 
     items = pd.DataFrame({
         "item": np.arange(len(movie_ids), dtype=np.int64),
@@ -341,7 +401,7 @@ def load_movielens_posters(path: Path, options: dict, work_dir: Path | None = No
         "rated_movies_with_poster": int(items["has_image"].sum()),
         "text": "title. Genres: g1, g2. Tags: t1, t2." if opt.tags else "title. Genres: g1, g2.",
     }
-    return SourceData(items, _users(u_index), inter, None, False, info)
+    return SourceData(items, _users(u_index), inter, folder, False, info, inputs.records)
 
 
 # -- registry --------------------------------------------------------------------------------------
