@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import unicodedata
 from typing import Any, ClassVar
 
 import numpy as np
@@ -55,12 +56,22 @@ def check_item_index(dataset) -> None:
         )
 
 
+def is_blank(text: str) -> bool:
+    """No visible character: only whitespace, control (Cc) and format (Cf: zero-width space,
+    joiners, BOM, soft hyphen) characters, which tokenizers drop, leaving an empty input."""
+    if not text.strip():
+        return True
+    return all(c.isspace() or unicodedata.category(c) in ("Cc", "Cf") for c in text)
+
+
 def modality_inputs(dataset, modality: str) -> tuple[np.ndarray, list[dict]]:
     """Indices of items that have `modality`, and the absent ones with the reason.
 
-    Textual: `has_text` true and a non-blank text (str, or bytes that decode as UTF-8; empty or
-    whitespace-only texts count as missing). Texts that cannot be decoded (bytes that are not UTF-8,
-    strings with lone surrogates) count as present here: extraction reports them as failed.
+    Textual: `has_text` true and a non-blank text (str, or bytes that decode as UTF-8). Blank texts
+    (empty, or only whitespace and invisible characters: controls, zero-width spaces, BOMs) count as
+    missing for every text extractor: their rows are filled by the missing policy, never encoded
+    as an "empty sentence" and marked present. Texts that cannot be decoded (bytes that are not
+    UTF-8, strings with lone surrogates) count as present here: extraction reports them as failed.
     Visual: `has_image` true and an image path (whether the file decodes is found out later).
     """
     items = dataset.items
@@ -77,7 +88,7 @@ def modality_inputs(dataset, modality: str) -> tuple[np.ndarray, list[dict]]:
                 reason = "no text (has_text is false)"
             elif text is None:
                 reason = "no text"
-            elif not text.strip():
+            elif is_blank(text):
                 reason = "empty text"
             else:
                 present.append(i)

@@ -47,7 +47,13 @@ Elliot (the paper's trainer)::
 
 Imported features are written as an ordinary Features folder (`out_root/<key>/`, see
 `mmlib.extract.features`) whose manifest records the source folder/files, the dataset hash and
-the missing items; they are then used exactly like extracted ones.
+the missing items; they are then used exactly like extracted ones. The import holds the key's lock
+(`out_root/.<key>.lock`, as `extract_features` does).
+
+Every file is written atomically (a uniquely named temporary file renamed over the destination):
+a reader never sees half a file, and an interrupted export leaves whole files only. The per-item
+files of the Ducho / Elliot layouts are renamed without an fsync each (which costs ~3.5 ms a file,
+6 minutes per 100k items): atomic against interruption, durable once the OS flushes them.
 """
 
 from __future__ import annotations
@@ -67,6 +73,7 @@ from mmlib.errors import MmlibError
 from mmlib.extract.base import check_item_index
 from mmlib.extract.features import (
     FORMAT,
+    KIND,
     MANIFEST,
     Features,
     now_iso,
@@ -74,6 +81,14 @@ from mmlib.extract.features import (
     to_jsonable,
 )
 from mmlib.extract.pipeline import MissingPolicy
+from mmlib.storage import (
+    artifact_lock,
+    atomic_path,
+    save_npy_atomic,
+    sweep_temporaries,
+    temporary_name,
+    write_text_atomic,
+)
 
 log = logging.getLogger("mmlib.extract")
 
@@ -163,25 +178,34 @@ def _check_key(key: str) -> None:
 
 def _write_features(dataset, key: str, out_root: Path | str, matrices: dict, masks: dict,
                     entries: dict, source: dict) -> Features:
-    """Save imported matrices as the Features folder out_root/<key> (replacing what was there)."""
+    """Save imported matrices as the Features folder out_root/<key> (replacing what was there),
+    holding the key's lock as extract_features does."""
     folder = Path(out_root) / key
     folder.mkdir(parents=True, exist_ok=True)
-    old = read_manifest(folder)
-    if old is not None:  # unlist everything first, then remove the old matrices
-        (folder / MANIFEST).unlink()
-        for entry in (old.get("modalities") or {}).values():
-            for name in (entry.get("file"), entry.get("mask_file")):
-                if name:
-                    (folder / name).unlink(missing_ok=True)
-    manifest = {
-        "kind": "mmlib.features", "format": FORMAT, "key": key,
-        "dataset": {"name": dataset.name, "hash": _dataset_hash(dataset), "n_items": dataset.n_items},
-        "created": now_iso(), "source": to_jsonable(source),
-        "modalities": to_jsonable(entries),
-    }
-    features = Features(key=key, matrices=matrices, masks=masks, manifest=manifest)
-    features.save(folder)
-    return Features.load(folder)
+    with artifact_lock(folder.parent / f".{key}.lock", f"features {key!r}"):
+        sweep_temporaries(folder)
+        try:
+            old = read_manifest(folder)
+        except MmlibError as exc:  # replaced anyway; files it listed are overwritten or unlisted
+            log.warning("import into %s: ignoring the old manifest (%s)", folder, exc)
+            old = None
+        if old is not None:  # unlist everything first, then remove the old matrices
+            (folder / MANIFEST).unlink()
+            for entry in (old.get("modalities") or {}).values():
+                names = (entry.get("file"), entry.get("mask_file")) if isinstance(entry, dict) else ()
+                for name in names:  # plain names only: a manifest may not point outside its folder
+                    if isinstance(name, str) and name not in ("", ".", "..") and not _BAD_NAME.search(name):
+                        (folder / name).unlink(missing_ok=True)
+        manifest = {
+            "kind": KIND, "format": FORMAT, "key": key,
+            "dataset": {"name": dataset.name, "hash": _dataset_hash(dataset),
+                        "n_items": dataset.n_items},
+            "created": now_iso(), "source": to_jsonable(source),
+            "modalities": to_jsonable(entries),
+        }
+        features = Features(key=key, matrices=matrices, masks=masks, manifest=manifest)
+        features.save(folder)
+        return Features.load(folder, verify=False)  # just written and hashed, under the lock
 
 
 def _entry(*, spec: dict, dataset, missing: str, matrix: np.ndarray, present: np.ndarray,
@@ -328,6 +352,7 @@ def _select(features: Features, modalities: Iterable[str] | None, where: str) ->
 
 def _prepare_out_folder(dest: Path, overwrite: bool, where: str) -> None:
     dest.mkdir(parents=True, exist_ok=True)
+    sweep_temporaries(dest)
     old = [e.path for e in os.scandir(dest) if e.name.endswith(".npy") and e.is_file()]
     if old and not overwrite:
         raise MmlibError(f"{where}: {dest} already holds {len(old)} .npy file(s) (e.g. "
@@ -341,8 +366,19 @@ def _write_per_item(matrix: np.ndarray, mask: np.ndarray, names: list[str], dest
                     desc: str) -> int:
     rows = np.flatnonzero(mask)
     for i in tqdm(rows, desc=desc, unit="file", leave=False, mininterval=0.5):
-        np.save(dest / f"{names[i]}.npy", np.asarray(matrix[i], dtype=np.float32)[None, :])
+        _save_item_npy(dest / f"{names[i]}.npy", np.asarray(matrix[i], dtype=np.float32)[None, :])
     return len(rows)
+
+
+def _save_item_npy(path: Path, array: np.ndarray) -> None:
+    """Atomic (temporary file + rename) but without an fsync per file: see the module doc."""
+    tmp = temporary_name(path)
+    try:
+        with open(tmp, "wb") as fh:
+            np.save(fh, array, allow_pickle=False)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def export_ducho(features: Features, dataset, folder: Path | str,
@@ -379,9 +415,8 @@ def _missed_name(npy_name: str) -> str:
 
 
 def _write_tsv(path: Path, frame: pd.DataFrame, header: bool) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    frame.to_csv(tmp, sep="\t", index=False, header=header, lineterminator="\n")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, sep="\t", index=False, header=header, lineterminator="\n")
 
 
 def _ratings(dataset) -> np.ndarray:
@@ -441,9 +476,7 @@ def export_mmrec(dataset, features: Features | None, folder: Path | str, name: s
                 raise MmlibError(f"{where}: files.{m}={file!r} must be a plain file name ending "
                                  "in .npy.")
             matrix = np.asarray(features[m], dtype=np.float32)
-            tmp = folder / f".{file}.tmp-{os.getpid()}.npy"
-            np.save(tmp, matrix)
-            os.replace(tmp, folder / file)
+            save_npy_atomic(folder / file, matrix)
             missed = folder / _missed_name(file)
             mask = np.asarray(features.masks[m], bool)
             if (~mask).any():
@@ -674,8 +707,8 @@ def export_elliot(dataset, features: Features | None, folder: Path | str,
         if side:
             config["side_information"] = side
     cfg = folder / "data_config.yml"
-    cfg.write_text("# Elliot data_config (paths relative to this folder)\n"
-                   + yaml.safe_dump({"data_config": config}, sort_keys=False))
+    write_text_atomic(cfg, "# Elliot data_config (paths relative to this folder)\n"
+                      + yaml.safe_dump({"data_config": config}, sort_keys=False))
     out["config"] = cfg
     log.info("%s: wrote the splits%s to %s", where,
              f" and {', '.join(out['features'])} features" if out["features"] else "", folder)

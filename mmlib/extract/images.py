@@ -14,17 +14,13 @@ both as a failed item. Truncated files fail in `load()` (PIL's LOAD_TRUNCATED_IM
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-DEFAULT_MAX_PIXELS = 89_478_485  # PIL's Image.MAX_IMAGE_PIXELS default (about 0.25 GB of RGB)
-
-
-class ImageTooLarge(ValueError):
-    """An image over the decompression-bomb limit: refused before decoding."""
+# one decoder for prepare (which checks every image) and extraction
+from mmlib.data.images import DEFAULT_MAX_PIXELS, ImageTooLarge, decode_image  # noqa: F401
 
 
 RGB_CONVERSION = "PIL convert('RGB'); alpha composited on white; 16-bit/float greyscale scaled to 8 bit"
@@ -57,18 +53,10 @@ def load_rgb(path: Path | str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> I
     global limit still applies); callers record the failure per item.
     """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we check ourselves
-            image = Image.open(path)
-    except Image.DecompressionBombError as exc:
-        raise ImageTooLarge(f"decompression bomb refused by PIL ({exc})") from None
+        image = decode_image(path, max_pixels)
+    except ImageTooLarge as exc:
+        raise ImageTooLarge(f"{exc} (raise the extractor's max_pixels to accept it)") from None
     with image:
-        width, height = image.size
-        if max_pixels is not None and width * height > max_pixels:
-            raise ImageTooLarge(
-                f"image of {width}x{height} = {width * height:,} pixels exceeds the decompression-bomb "
-                f"limit of {max_pixels:,} pixels (raise the extractor's max_pixels to accept it)")
-        image.load()
         rgb = to_rgb(image)
         if rgb is image:
             rgb = image.copy()

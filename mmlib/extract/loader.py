@@ -134,12 +134,19 @@ def read_text(value) -> str | None:
         try:
             return bytes(value).decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise UndecodableText(f"undecodable bytes: not UTF-8 ({exc})") from None
+            raise UndecodableText(f"undecodable bytes: not UTF-8 ({exc}); store the item's text "
+                                  "as str, decoded with its real encoding") from None
     if isinstance(value, str):
         try:
             value.encode("utf-8")
         except UnicodeEncodeError as exc:
-            raise UndecodableText(f"undecodable text: invalid Unicode ({exc})") from None
+            bad = value[exc.start]
+            what = (f"lone surrogate U+{ord(bad):04X}" if 0xD800 <= ord(bad) <= 0xDFFF
+                    else f"character U+{ord(bad):04X}")
+            raise UndecodableText(
+                f"undecodable text: invalid Unicode ({what} at position {exc.start}, as left by a "
+                "`surrogateescape` decode); fix the item's text, e.g. decode its source as UTF-8 "
+                "with errors='replace'") from None
         return value
     return None  # NaN and other non-text values: no text
 

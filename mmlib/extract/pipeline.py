@@ -1,10 +1,17 @@
 """`extract_features`: run one extractor per modality over a Dataset into a cached Features folder.
 
 Cache: `out_root/<key>/` is reused, modality by modality, when its manifest entry has the same
-dataset hash, the same `Extractor.spec()` and the same missing-row policy (and the files are
-intact). Each modality is written to a temporary memmap that is renamed into place only when
-complete, and the manifest lists a modality only after that, so an interrupted run leaves no
-matrix that looks valid and keeps every modality it finished.
+dataset hash, the same `Extractor.spec()` and the same missing-row policy, and its matrix and mask
+still have the sha256 the manifest recorded (a file edited, replaced, truncated or deleted since is
+recomputed, with a warning; so is a manifest that is truncated or not JSON). Each modality is
+written to a temporary memmap (a name unique to this host, process and call) that is renamed into
+place only when complete, and the manifest lists a modality only after that, so an interrupted run
+leaves no matrix that looks valid and keeps every modality it finished.
+
+Concurrency: the whole read-manifest -> extract -> write-manifest sequence of one key holds the
+lock `out_root/.<key>.lock` (`mmlib.storage.artifact_lock`), so a second process extracting the
+same setting waits, then reuses the first one's result. A process removes only its own temporary
+files and those that processes of this host left when they died (`storage.sweep_temporaries`).
 """
 
 from __future__ import annotations
@@ -12,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import re
 import time
 from pathlib import Path
@@ -22,16 +28,35 @@ import numpy as np
 
 import mmlib
 from mmlib.errors import MmlibError
-from mmlib.extract.base import MODALITIES, Extractor, build_extractor, check_item_index, modality_inputs
+from mmlib.extract.base import (
+    MODALITIES,
+    Extractor,
+    build_extractor,
+    check_item_index,
+    modality_inputs,
+    text_inputs,
+)
 from mmlib.extract.features import (
     FORMAT,
+    KIND,
     MANIFEST,
     Features,
+    FeaturesFileError,
+    ForeignManifest,
+    UnreadableManifest,
     now_iso,
+    npy_bytes,
+    open_modality,
     read_manifest,
-    save_npy_atomic,
+    sha256_bytes,
     sha256_file,
     to_jsonable,
+)
+from mmlib.storage import (
+    artifact_lock,
+    atomic_path,
+    sweep_temporaries,
+    write_bytes_atomic,
     write_json_atomic,
 )
 
@@ -53,18 +78,52 @@ def _identity(extractor: Extractor, data_hash: str, missing: str) -> dict:
     return to_jsonable({"spec": extractor.spec(), "dataset_hash": data_hash, "missing_policy": missing})
 
 
-def _cached(folder: Path, entry: dict | None, ident: dict, n_items: int) -> bool:
+def _cached(folder: Path, entry: dict | None, ident: dict, n_items: int, where: str) -> bool:
+    """Whether `entry` can be reused: same identity, and its files verified against the manifest."""
     if not entry:
         return False
     if to_jsonable({k: entry.get(k) for k in ident}) != ident:
         return False
-    try:
-        matrix = np.load(folder / entry["file"], mmap_mode="r")
-        mask = np.load(folder / entry["mask_file"], mmap_mode="r")
-    except (OSError, ValueError, KeyError):
+    if not entry.get("sha256") or not entry.get("mask_sha256"):
+        log.warning("%s: the cached features at %s carry no checksum of their matrix and mask "
+                    "(written by an older mmlib); recomputing them", where, folder)
         return False
-    return (matrix.dtype == np.float32 and matrix.shape == tuple(entry.get("shape", ()))
-            and matrix.shape[0] == n_items and mask.shape == (n_items,))
+    try:
+        open_modality(folder, entry, n_items=n_items, verify=True)
+    except FeaturesFileError as exc:
+        log.warning("%s: not reusing the cached features: %s: %s; recomputing them", where,
+                    exc.path, exc.problem)
+        return False
+    except MmlibError as exc:  # e.g. a file name that leaves the folder
+        log.warning("%s: not reusing the cached features (%s); recomputing them", where, exc)
+        return False
+    return True
+
+
+def _read_manifest_for_update(folder: Path, where: str) -> dict | None:
+    """The folder's manifest to update, None when there is none or it cannot be trusted
+    (truncated, not JSON: its features are recomputed). A manifest of another kind is an error:
+    the folder belongs to something else, and extraction must not overwrite it."""
+    try:
+        manifest = read_manifest(folder)
+    except UnreadableManifest as exc:
+        log.warning("%s: %s: %s; treating the folder as empty (its features are recomputed)",
+                    where, exc.path, exc.problem)
+        return None
+    except ForeignManifest:
+        raise MmlibError(
+            f"{where}: {folder / MANIFEST} is not an mmlib Features manifest, so {folder} holds "
+            "something else; refusing to overwrite it. Use another key or out_root, or delete that "
+            "folder if it is yours."
+        ) from None
+    if manifest is not None:
+        entries = manifest.get("modalities") or {}
+        bad = [m for m, e in entries.items() if not isinstance(e, dict)]
+        for m in bad:
+            log.warning("%s: %s has a malformed %r entry; recomputing it", where, folder / MANIFEST, m)
+            entries.pop(m)
+        manifest["modalities"] = entries
+    return manifest
 
 
 def _check_finite(out: np.ndarray, present: np.ndarray, where: str) -> None:
@@ -96,11 +155,6 @@ def _remove(folder: Path, modality: str) -> None:
         (folder / name).unlink(missing_ok=True)
 
 
-def _clean_partials(folder: Path, modality: str) -> None:
-    for tmp in folder.glob(f".{modality}*.tmp-*.npy"):
-        tmp.unlink(missing_ok=True)
-
-
 def _failure_error(where: str, failed: list[dict]) -> MmlibError:
     shown = "; ".join(f"item {f['item_id']!r} (row {f['item']}"
                       + (f", file {f['file']}" if f.get("file") else "") + f"): {f['reason']}"
@@ -124,10 +178,10 @@ def _run_modality(extractor: Extractor, dataset, modality: str, folder: Path, mi
     if dim < 1:
         raise MmlibError(f"{where}: extractor {extractor.name!r} announced dimension {dim}.")
 
-    _clean_partials(folder, modality)
-    tmp = folder / f".{modality}.tmp-{os.getpid()}.npy"
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, dim))
-    try:
+    # The matrix is written in place into a temporary memmap (unique name, removed on any error or
+    # interruption) and renamed over <modality>.npy only when complete.
+    with atomic_path(folder / f"{modality}.npy") as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, dim))
         t0 = time.perf_counter()
         report = extractor.extract(dataset, modality, out)
         t_extract = time.perf_counter() - t0
@@ -143,12 +197,9 @@ def _run_modality(extractor: Extractor, dataset, modality: str, folder: Path, mi
         fill = _fill_missing(out, present, missing)
         out.flush()
         del out
-        os.replace(tmp, folder / f"{modality}.npy")
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    save_npy_atomic(folder / f"{modality}_mask.npy", present)
-    digest = sha256_file(folder / f"{modality}.npy")
+        digest = sha256_file(tmp)
+    mask_data = npy_bytes(present)
+    write_bytes_atomic(folder / f"{modality}_mask.npy", mask_data)
     t_write = time.perf_counter() - t0
 
     failed = list(report.get("failed", []))
@@ -186,6 +237,7 @@ def _run_modality(extractor: Extractor, dataset, modality: str, folder: Path, mi
         "timings": timings,
         "items_per_s": round(n_present / t_extract, 3) if t_extract > 0 else None,
         "sha256": digest,
+        "mask_sha256": sha256_bytes(mask_data),
         "created": now_iso(),
         "report": report.get("extra", {}),
     }
@@ -253,17 +305,35 @@ def extract_features(
         except MmlibError as exc:
             raise MmlibError(f"{where}: {exc}") from None
 
+    if on_failure == "error" and "textual" in extractors:
+        # undecodable texts (lone surrogates, bytes that are not UTF-8) stop the run before any
+        # model is loaded, naming every such item
+        _, _, failed = text_inputs(dataset)
+        if failed:
+            raise _failure_error(f"{where0}: setting.textual", failed)
+
     data_hash = dataset_hash(dataset)
     folder = Path(out_root) / key
     folder.mkdir(parents=True, exist_ok=True)
-    manifest = read_manifest(folder) or {
-        "kind": "mmlib.features", "format": FORMAT, "key": key, "created": now_iso(), "modalities": {},
-    }
+    with artifact_lock(folder.parent / f".{key}.lock", where0):
+        return _extract_locked(dataset, key, extractors, folder, data_hash, missing, force,
+                               on_failure)
+
+
+def _extract_locked(dataset, key: str, extractors: dict[str, Extractor], folder: Path,
+                    data_hash: str, missing: str, force: bool, on_failure: str) -> Features:
+    """extract_features once the key's lock is held: read the manifest, reuse or compute each
+    modality, write the manifest."""
+    where0 = f"features {key!r}"
+    sweep_temporaries(folder)  # what killed processes of this host left behind
+    old = _read_manifest_for_update(folder, where0)
+    manifest = old or {"kind": KIND, "format": FORMAT, "key": key, "created": now_iso(),
+                       "modalities": {}}
     entries: dict = manifest.setdefault("modalities", {})
     manifest.update(key=key, format=FORMAT, mmlib_version=mmlib.__version__,
                     dataset={"name": dataset.name, "hash": data_hash, "n_items": dataset.n_items})
 
-    changed = not (folder / MANIFEST).is_file()
+    changed = old is None
 
     def save_manifest():
         nonlocal changed
@@ -275,7 +345,7 @@ def extract_features(
         write_json_atomic(folder / MANIFEST, ordered)
 
     # Modalities no longer in the setting leave the folder (the key names one setting).
-    for stale in [m for m in entries if m not in setting]:
+    for stale in [m for m in entries if m not in extractors]:
         log.warning("%s: dropping %r features (not in the setting any more)", where0, stale)
         entries.pop(stale)
         save_manifest()
@@ -285,10 +355,10 @@ def extract_features(
     for modality, extractor in extractors.items():
         where = f"{where0}: setting.{modality}"
         ident = _identity(extractor, data_hash, missing)
-        if not force and _cached(folder, entries.get(modality), ident, dataset.n_items):
+        if not force and _cached(folder, entries.get(modality), ident, dataset.n_items, where):
             reused.append(modality)
             log.info("reusing cached features %s [%s] from %s (same dataset hash %s and extractor "
-                     "spec)", key, modality, folder, data_hash)
+                     "spec, files verified)", key, modality, folder, data_hash)
             continue
         if modality in entries:  # unlist before touching the files
             entries.pop(modality)
@@ -304,4 +374,5 @@ def extract_features(
         log.info("reusing cached features %s (%s): nothing to compute", key, ", ".join(reused))
     if changed:
         save_manifest()
-    return Features.load(folder)
+    # every file was just verified (reused) or written and hashed (computed), under the lock
+    return Features.load(folder, verify=False)

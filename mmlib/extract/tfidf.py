@@ -7,6 +7,11 @@ interaction data is used); rows are then L2-normalised. Deterministic on a given
 The dimension is `dim`, or less when the texts cannot support it: at most min(#texts, #terms)
 components exist; the reduced dimension is logged and recorded in the manifest
 (`report.effective_dim`).
+
+Blank texts are missing (as for every text extractor). A text none of whose words is in the
+fitted vocabulary (only stop words, punctuation, one-letter words, or words rarer than `min_df`)
+has no TF-IDF vector: it is a failed item (listed with that reason), never an all-zero row marked
+present.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mmlib.errors import MmlibError
-from mmlib.extract.base import Extractor, modality_inputs
+from mmlib.extract.base import Extractor, _py, text_inputs
 from mmlib.registry import EXTRACTORS
 
 log = logging.getLogger("mmlib.extract")
@@ -81,8 +86,7 @@ class TfidfSVD(Extractor):
         from sklearn.feature_extraction.text import TfidfVectorizer
 
         o = self.options
-        indices, _ = modality_inputs(dataset, "textual")
-        texts = [dataset.items["text"].iat[i] for i in indices]
+        _, texts, _ = text_inputs(dataset)  # decoded; undecodable texts are failed items
         if len(texts) < 2:
             raise MmlibError(f"tfidf_svd: dataset {dataset.name!r} has {len(texts)} non-empty item "
                              "texts; at least 2 are needed to fit TF-IDF + SVD.")
@@ -118,4 +122,19 @@ class TfidfSVD(Extractor):
     def extract(self, dataset, modality: str, out: np.ndarray) -> dict:
         report = super().extract(dataset, modality, out)
         report["extra"] = dict(self._fit_report)
+        # a text without any vocabulary term encodes to zeros: not a feature, a failed item
+        present = report["present"]
+        empty = np.concatenate([s + np.flatnonzero(present[s:s + 65536] & ~out[s:s + 65536].any(axis=1))
+                                for s in range(0, len(out), 65536)] or [np.zeros(0, np.int64)])
+        if len(empty):
+            ids = dataset.items["item_id"].tolist()
+            present[empty] = False
+            report["failed"] = sorted(
+                report["failed"] + [{"item": int(i), "item_id": _py(ids[i]), "file": None,
+                                     "reason": "no word of the text is in the TF-IDF vocabulary "
+                                               "(only stop words, punctuation, one-letter or rare "
+                                               "words); lower min_df or drop stop_words"}
+                                    for i in empty], key=lambda f: f["item"])
+            log.warning("tfidf_svd: %d text(s) have no vocabulary term; treated as failed items",
+                        len(empty))
         return report

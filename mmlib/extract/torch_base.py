@@ -337,10 +337,28 @@ class TorchExtractor(Extractor):
                 "extra": {"max_length": max_length, "padding": padding, "sorted_by_length": sort,
                           "tokens": n_tokens, "padded_tokens": n_padded,
                           "padding_fraction": round(1 - n_tokens / n_padded, 4) if n_padded else 0.0,
-                          "truncated": {"count": n_truncated, "max_length": max_length,
-                                        "items": truncated,
-                                        "reason": f"longer than {max_length} tokens: cut to "
-                                                  f"{max_length}"}}}
+                          "truncated": truncation_report(n_truncated, truncated, max_length)}}
+
+
+def truncation_report(count: int, items: list, max_length: int) -> dict:
+    """The manifest's `report.truncated`: how many texts the model cut, which (first MAX_LISTED
+    item ids), and why."""
+    return {"count": int(count), "max_length": int(max_length), "items": list(items),
+            "reason": f"longer than {max_length} tokens: cut to {max_length}"}
+
+
+def count_truncated(tokenizer, rows: np.ndarray, texts: list[str], ids: list,
+                    max_length: int, window: int = 4096) -> tuple[int, list]:
+    """(how many of `texts` exceed `max_length` tokens, the item ids of the first MAX_LISTED);
+    `rows[k]` is the item of `texts[k]`."""
+    count, items = 0, []
+    for w0 in range(0, len(texts), window):
+        _, cut = token_lengths(tokenizer, texts[w0:w0 + window], max_length)
+        for k in np.flatnonzero(cut):
+            count += 1
+            if len(items) < MAX_LISTED:
+                items.append(_py(ids[rows[w0 + k]]))
+    return count, items
 
 
 def token_lengths(tokenizer, texts: list[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
