@@ -29,6 +29,7 @@ import re
 import secrets
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -274,35 +275,67 @@ def _holder(lock) -> str:
         return "another process"
 
 
+def _break_if_stale(lock, path: Path) -> bool:
+    """Remove the lock of a process that died on this host (flufl.lock's `stale`: its pid is gone).
+    Breakers take turns under a short second lock and re-check, so that a lock just taken by a live
+    process is never broken. Locks of other hosts are left to expire after their lifetime."""
+    from flufl.lock import Lock, LockState
+
+    if lock.state is not LockState.stale:
+        return False
+    breaker = Lock(f"{path}.break", lifetime=_dt.timedelta(seconds=10))
+    breaker.lock(timeout=_dt.timedelta(seconds=60))
+    try:
+        if lock.state is not LockState.stale:
+            return False
+        holder = _holder(lock)
+        with contextlib.suppress(OSError):
+            claim = Path(path).read_text().strip()
+            os.unlink(path)
+            os.unlink(claim)  # the dead process's claim file, named in the lock file
+        log.warning("broke %s, held by %s, which no longer runs", path, holder)
+        return True
+    finally:
+        breaker.unlock(unconditionally=True)
+
+
 @contextlib.contextmanager
 def artifact_lock(path: Path, what: str, timeout: float | None = None,
                   on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
     """Hold an exclusive lock on `path` (a `.lock` file beside the artifact it protects).
 
     Waits for the holder to finish (`timeout` None), or raises `LockHeld` naming the holder after
-    `timeout` seconds. The lock is refreshed while held, so a long extraction keeps it; a killed
-    holder's lock expires after LOCK_LIFETIME_S and is broken then.
+    `timeout` seconds. The lock is refreshed while held, so a long extraction keeps it. The lock of
+    a process that died on this host is broken at once; that of a dead process on another host
+    (cluster) expires after LOCK_LIFETIME_S and is broken then.
     """
     from flufl.lock import Lock, TimeOutError
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = Lock(str(path), lifetime=_dt.timedelta(seconds=LOCK_LIFETIME_S))
-    try:
-        lock.lock(timeout=_dt.timedelta(seconds=0.05))
-    except TimeOutError:
-        holder = _holder(lock)
-        log.info("%s: waiting for %s, which holds %s", what, holder, path)
-        if on_wait:
-            on_wait(holder)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    first_try, announced = True, False
+    while True:
         try:
-            lock.lock(timeout=None if timeout is None else _dt.timedelta(seconds=timeout))
+            lock.lock(timeout=_dt.timedelta(seconds=0.05 if first_try else 1.0))
+            break
         except TimeOutError:
+            first_try = False
+        if _break_if_stale(lock, path):
+            continue
+        holder = _holder(lock)
+        if not announced:
+            log.info("%s: waiting for %s, which holds %s", what, holder, path)
+            if on_wait:
+                on_wait(holder)
+            announced = True
+        if deadline is not None and time.monotonic() >= deadline:
             raise LockHeld(
-                f"{what}: {_holder(lock)} holds {path} and did not release it within {timeout:g} s. "
-                "Wait for it to finish, or, if that process is gone, delete the lock file after "
-                f"{LOCK_LIFETIME_S} s."
-            ) from None
+                f"{what}: {holder} holds {path} and did not release it within {timeout:g} s. "
+                "Wait for it to finish; a lock whose process died is broken automatically (after "
+                f"{LOCK_LIFETIME_S} s when that process ran on another machine)."
+            )
     stop = threading.Event()
 
     def keep_alive():
