@@ -21,7 +21,6 @@ and metric, or raises: a mean is never silently taken over fewer users than were
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -31,30 +30,7 @@ import scipy.sparse as sp
 import torch
 
 from mmlib.errors import MmlibError
-
-METRICS = ("Recall", "Precision", "nDCG", "HR", "MAP", "MRR")
-_BY_LOWER = {m.lower(): m for m in METRICS}
-
-
-# ----------------------------------------------------------------------------- validation helpers
-
-
-def _metric_name(name: str) -> str:
-    canonical = _BY_LOWER.get(str(name).strip().lower())
-    if canonical is None:
-        raise MmlibError(f"Unknown metric {name!r}. Known metrics: {', '.join(METRICS)}.")
-    return canonical
-
-
-def parse_metric(name: str) -> tuple[str, int]:
-    """"Recall@20" -> ("Recall", 20); the metric name is case-insensitive ("ndcg@10" -> ("nDCG", 10))."""
-    match = re.fullmatch(r"\s*([A-Za-z]+)\s*@\s*(\d+)\s*", str(name))
-    if match is None or int(match.group(2)) < 1:
-        raise MmlibError(
-            f"Malformed metric {name!r}: write METRIC@K with K a positive integer, e.g. 'Recall@20'. "
-            f"Known metrics: {', '.join(METRICS)}."
-        )
-    return _metric_name(match.group(1)), int(match.group(2))
+from mmlib.protocol import METRICS, canonical_metric, parse_metric  # noqa: F401  (shared, torch-free)
 
 
 def _cutoffs(cutoffs: Sequence[int]) -> list[int]:
@@ -189,7 +165,7 @@ def metrics_from_topk(
     rel = _canonical(relevant, "relevant", n_rows=n)
     n_items = rel.shape[1]
     cuts = _cutoffs(cutoffs)
-    names = [_metric_name(m) for m in metrics]
+    names = [canonical_metric(m) for m in metrics]
     K = cuts[-1]
 
     padded = np.full((n, K), -1, dtype=np.int64)
@@ -307,7 +283,7 @@ def full_ranking(
     n_users, n_items = train.shape
     default_users = users is None
     cuts = _cutoffs(cutoffs)
-    names = [_metric_name(m) for m in metrics]
+    names = [canonical_metric(m) for m in metrics]
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
         raise MmlibError(f"chunk_size must be a positive integer, got {chunk_size!r}.")
     if users is None:

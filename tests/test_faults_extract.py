@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import pickle
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
