@@ -26,7 +26,7 @@ test: $(STAMP)
 
 # Regenerate each notebooks/*.ipynb from its percent-format .py twin (the .py is the source).
 notebooks-sync: $(STAMP)
-	$(BIN)/jupytext --to ipynb notebooks/*.py
+	$(BIN)/jupytext --update --to ipynb notebooks/*.py
 
 clean:
 	rm -rf outputs/datasets outputs/features outputs/runs outputs/notebooks outputs/tables outputs/figures

@@ -50,9 +50,9 @@ def cmd_train(args) -> None:
 
 
 def cmd_report(args) -> None:
-    from mmlib import pipeline, report
+    from mmlib import report
 
-    table = pipeline.collect(_study(args.study))
+    table = report.write_all(_study(args.study))
     print(report.to_markdown(table))
 
 

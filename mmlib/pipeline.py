@@ -2,7 +2,7 @@
 functions; each reads the previous stage's artifact from disk and writes its own.
 
     prepare(study) -> Dataset      extract(study, setting) -> Features
-    train(study, model, setting) -> run summary      collect(study) -> results table + figures
+    train(study, model, setting) -> run summary      (tables and figures: mmlib.report.write_all)
 """
 
 from __future__ import annotations
@@ -169,10 +169,3 @@ def _train_locked(study: StudySpec, model: str, setting: str | None, out: Path, 
              {k: round(v, 4) for k, v in summary["test"].items() if k.endswith("@20")},
              summary["test_users"])
     return summary
-
-
-def collect(study: StudySpec) -> pd.DataFrame:
-    """Gather every run of the study into the results table and draw the figures."""
-    from mmlib import report  # plotting stays out of the training path
-
-    return report.write_all(study)

@@ -17,9 +17,10 @@ from typing import Literal
 from mmlib.config import from_mapping, load_yaml
 from mmlib.data.prepare import DatasetSpec
 from mmlib.errors import MmlibError
-from mmlib.registry import EXTRACTORS, MODELS
+from mmlib.extract.base import build_setting
+from mmlib.protocol import PROTOCOLS, TrainSpec, protocol_spec, split_config
+from mmlib.registry import MODELS
 from mmlib.storage import check_name, check_writable
-from mmlib.train import PROTOCOLS, TrainSpec, protocol_spec, split_config
 
 PARAMS_DIR = Path(__file__).resolve().parent.parent / "params"
 
@@ -78,18 +79,7 @@ class StudySpec:
         base = self.train_spec()
         for key, setting in self.extractors.items():
             check_name(key, f"{where}: extractors key")
-            if not isinstance(setting, dict) or not setting:
-                raise MmlibError(f"{where}: extractors.{key} must map modalities to extractor specs.")
-            for modality, spec in setting.items():
-                at = f"{where}: extractors.{key}.{modality}"
-                if not isinstance(spec, dict) or "extractor" not in spec:
-                    raise MmlibError(f"{at}: needs an 'extractor' key naming one of "
-                                     f"{', '.join(EXTRACTORS.names())}.")
-                cls = EXTRACTORS.get(spec["extractor"])
-                if modality not in cls.modalities:
-                    raise MmlibError(f"{at}: extractor {spec['extractor']!r} produces "
-                                     f"{list(cls.modalities)}, not {modality!r}.")
-                from_mapping(cls.Options, {k: v for k, v in spec.items() if k != "extractor"}, at)
+            build_setting(setting, f"{where}: extractors.{key}")
         if not self.models:
             raise MmlibError(f"{where}: 'models' is empty; name at least one of {', '.join(MODELS.names())}.")
         for model in self.models:

@@ -27,12 +27,12 @@ study = "../params/default.yaml"
 # %%
 import logging
 
-from mmlib import pipeline
+from mmlib import report
 from mmlib.study import load_study
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 spec = load_study(study)
-table = pipeline.collect(spec)
+table = report.write_all(spec)
 table
 
 # %% [markdown]

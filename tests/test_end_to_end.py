@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from mmlib import pipeline
+from mmlib import pipeline, report
 from mmlib.study import load_study
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,7 +43,7 @@ def test_vbpr_beats_bprmf_beats_mostpop_on_the_default_synthetic_data(tmp_path):
     assert recall["MostPop"] < 0.6 * recall["BPRMF"]
     assert recall["VBPR"] > 1.04 * recall["BPRMF"]
 
-    table = pipeline.collect(study)
+    table = report.write_all(study)
     assert set(table["model"]) == {"MostPop", "BPRMF", "VBPR"}
     # ... and the gain is not noise: paired Wilcoxon test over the same test users.
     p_value = table.set_index("model").loc["VBPR", "p vs BPRMF (Recall@20)"]

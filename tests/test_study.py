@@ -57,7 +57,7 @@ def test_unknown_extractor_and_option(tmp_path):
     with pytest.raises(MmlibError, match=r"Unknown extractor 'colour_histogram'\. Did you mean 'color_histogram'"):
         load_study(write_study(tmp_path, extractors=bad))
     bad = {"s": {"visual": {"extractor": "color_histogram", "binz": 4}}}
-    with pytest.raises(MmlibError, match=r"extractors\.s\.visual: unknown key 'binz'"):
+    with pytest.raises(MmlibError, match=r"extractors\.s\.visual \(extractor 'color_histogram'\): unknown key 'binz'"):
         load_study(write_study(tmp_path, extractors=bad))
 
 

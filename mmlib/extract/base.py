@@ -27,6 +27,7 @@ one instance serves both modalities, so its model is loaded once.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 import unicodedata
 from typing import Any, ClassVar
@@ -37,7 +38,12 @@ from tqdm.auto import tqdm
 from mmlib.config import from_mapping
 from mmlib.errors import MmlibError
 from mmlib.extract.images import DEFAULT_MAX_PIXELS
-from mmlib.extract.loader import UndecodableText, iter_image_batches, read_text, resolve_workers
+from mmlib.extract.loader import (
+    UndecodableText,
+    iter_image_batches,
+    read_text,
+    resolve_workers,
+)
 from mmlib.registry import EXTRACTORS
 
 MODALITIES = ("visual", "textual")
@@ -299,3 +305,30 @@ def build_extractor(spec: dict | str | Extractor, where: str = "extractor") -> E
         raise MmlibError(f"{where}.extractor: {exc}") from None
     options = {k: v for k, v in spec.items() if k != "extractor"}
     return cls.from_options(options, where=f"{where} (extractor {name!r})")
+
+
+def build_setting(setting, where: str) -> dict[str, Extractor]:
+    """The one check of an extractor setting (modality -> spec): every modality is known, every
+    spec names a registered extractor with valid options, and that extractor produces the modality.
+    Returns modality -> Extractor; modalities whose specs build the same extractor with the same
+    options (after defaults) share one instance, so a CLIP-like model is loaded once for both.
+    Builds are cheap: no checkpoint is resolved or loaded here."""
+    if not isinstance(setting, dict) or not setting:
+        raise MmlibError(f"{where}: the setting must map modalities ({', '.join(MODALITIES)}) to "
+                         f"extractor specs, got {setting!r}.")
+    extractors: dict[str, Extractor] = {}
+    shared: dict[str, Extractor] = {}
+    for modality, spec in setting.items():
+        at = f"{where}.{modality}"
+        if modality not in MODALITIES:
+            raise MmlibError(f"{at}: unknown modality {modality!r}; expected one of {list(MODALITIES)}.")
+        built = build_extractor(spec, at)
+        canon = json.dumps({"extractor": built.name, "options": dataclasses.asdict(built.options)}
+                           if dataclasses.is_dataclass(built.options) else id(built),
+                           sort_keys=True, default=str)
+        extractor = shared.setdefault(canon, built)
+        if modality not in extractor.modalities:
+            raise MmlibError(f"{at}: extractor {extractor.name!r} cannot produce {modality!r} "
+                             f"features (it produces: {', '.join(extractor.modalities)}).")
+        extractors[modality] = extractor
+    return extractors

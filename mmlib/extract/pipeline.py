@@ -16,8 +16,6 @@ files and those that processes of this host left when they died (`storage.sweep_
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import re
 import time
@@ -29,9 +27,8 @@ import numpy as np
 import mmlib
 from mmlib.errors import MmlibError
 from mmlib.extract.base import (
-    MODALITIES,
     Extractor,
-    build_extractor,
+    build_setting,
     check_item_index,
     modality_inputs,
     text_inputs,
@@ -275,31 +272,14 @@ def extract_features(
         raise MmlibError(f"{where0}: missing={missing!r} is not one of ['mean', 'zero'].")
     if on_failure not in ("missing", "error"):
         raise MmlibError(f"{where0}: on_failure={on_failure!r} is not one of ['missing', 'error'].")
-    if not isinstance(setting, dict) or not setting:
-        raise MmlibError(f"{where0}: the setting must map modalities ({', '.join(MODALITIES)}) to "
-                         f"extractor specs, got {setting!r}.")
     if dataset.n_items == 0:
         raise MmlibError(f"{where0}: dataset {dataset.name!r} has no items.")
     check_item_index(dataset)
 
     # Build every extractor first, so that option mistakes surface before any work is done.
-    # Modalities whose specs build the same extractor with the same options (after defaults) share
-    # one instance: a CLIP-like model is loaded once for both modalities.
-    extractors: dict[str, Extractor] = {}
-    shared: dict[str, Extractor] = {}
-    for modality, spec in setting.items():
+    extractors = build_setting(setting, f"{where0}: setting")
+    for modality, extractor in extractors.items():
         where = f"{where0}: setting.{modality}"
-        if modality not in MODALITIES:
-            raise MmlibError(f"{where}: unknown modality {modality!r}; expected one of {list(MODALITIES)}.")
-        built = build_extractor(spec, where)
-        canon = json.dumps({"extractor": built.name, "options": dataclasses.asdict(built.options)}
-                           if dataclasses.is_dataclass(built.options) else id(built),
-                           sort_keys=True, default=str)
-        extractor = shared.setdefault(canon, built)
-        if modality not in extractor.modalities:
-            raise MmlibError(f"{where}: extractor {extractor.name!r} cannot produce {modality!r} "
-                             f"features (it produces: {', '.join(extractor.modalities)}).")
-        extractors[modality] = extractor
         try:
             extractor.spec()  # resolves checkpoints now: a missing one fails before any work
         except MmlibError as exc:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from mmlib.config import load_yaml
 from mmlib.errors import MmlibError
-from mmlib.extract.base import MODALITIES, build_extractor
+from mmlib.extract.base import build_setting
 
 PRESETS_DIR = Path(__file__).resolve().parents[2] / "params" / "extractors"
 
@@ -39,12 +39,5 @@ def load_preset(name: str | Path) -> dict[str, dict]:
         raise MmlibError(f"extractor preset {str(name)!r}: no such file {path}. Known presets: "
                          f"{', '.join(preset_names()) or 'none'} (in {PRESETS_DIR}).")
     setting = load_yaml(path)
-    for modality, spec in setting.items():
-        where = f"{path}: {modality}"
-        if modality not in MODALITIES:
-            raise MmlibError(f"{where}: unknown modality {modality!r}; expected one of {list(MODALITIES)}.")
-        extractor = build_extractor(spec, where)
-        if modality not in extractor.modalities:
-            raise MmlibError(f"{where}: extractor {extractor.name!r} cannot produce {modality!r} "
-                             f"features (it produces: {', '.join(extractor.modalities)}).")
+    build_setting(setting, str(path))
     return copy.deepcopy(setting)
