@@ -49,7 +49,7 @@ import numpy as np
 import pandas as pd
 
 from mmlib import storage
-from mmlib.config import from_mapping, load_yaml
+from mmlib.config import from_mapping
 from mmlib.data import preprocess
 from mmlib.data.dataset import Dataset
 from mmlib.data.images import ingest_images, prune_images
@@ -149,16 +149,6 @@ class DatasetSpec:
     @classmethod
     def from_mapping(cls, data: Any, where: str = "dataset") -> "DatasetSpec":
         return from_mapping(cls, data, where)
-
-    @classmethod
-    def from_yaml(cls, path: Path | str, key: str | None = None) -> "DatasetSpec":
-        """Read a spec from a YAML file (optionally from one top-level key of it)."""
-        data = load_yaml(path)
-        if key is not None:
-            if key not in data:
-                raise MmlibError(f"{path}: no key {key!r} (found {', '.join(map(str, data))}).")
-            data = data[key]
-        return from_mapping(cls, data, f"{path}" + (f": {key}" if key else ""))
 
     def to_dict(self) -> dict:
         return asdict(self)
