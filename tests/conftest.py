@@ -1,10 +1,11 @@
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
-import scipy.sparse as sp
 import torch
+
+# the tests import random_interactions from here too
+from mmlib.testing.builders import random_interactions
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch a model hub
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -17,16 +18,6 @@ REPO = Path(__file__).resolve().parent.parent
 
 def shared_data() -> Path:
     return Path(os.environ.get("MMLIB_DATA", REPO.parent / "shared" / "data"))
-
-
-def random_interactions(n_users=60, n_items=40, per_user=6, seed=0) -> sp.csr_matrix:
-    rng = np.random.default_rng(seed)
-    rows, cols = [], []
-    for u in range(n_users):
-        items = rng.choice(n_items, per_user, replace=False)
-        rows += [u] * per_user
-        cols += list(items)
-    return sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(n_users, n_items))
 
 
 @pytest.fixture

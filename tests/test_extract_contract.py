@@ -1,93 +1,33 @@
-"""Common contract test for every registered extractor + the extract_features pipeline (cache,
-crash safety, manifest, errors). Runs on a tiny Dataset built here: PIL images in many modes, a
-corrupt and a zero-byte file, an item without image, texts including empty ones."""
+"""The extract_features pipeline: missing-row policies, cache keys, crash safety, dropped modalities,
+Features round trips and errors that name the culprit. Runs on the tiny Dataset of
+`mmlib.testing.builders` (PIL images in many modes, a corrupt and a zero-byte file, an item without
+image, texts including empty ones). The contract every registered extractor passes is in
+`mmlib.testing.extractor_checks`, run over the registry by tests/test_common_checks.py."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 
 from mmlib.data.dataset import Dataset
 from mmlib.errors import MmlibError
-from mmlib.extract import Extractor, Features, build_extractor, extract_features
+from mmlib.extract import Features, extract_features
 from mmlib.extract.tfidf import TfidfSVD
 from mmlib.registry import EXTRACTORS
 
-TEXTS = [
-    "red running shoes for women with a cushioned sole",
-    "blue cotton shirt with long sleeves",
-    "",  # empty: missing
-    "a wooden chair for the dining room",
-    "running shoes for men, red and black",
-    None,  # missing
-    "   ",  # whitespace only: missing
-    "stainless steel kitchen knife set",
-    "organic green tea, 100 bags",
-    "baby stroller with a sun canopy",
-    "long sleeve shirt in blue linen",
-]
-CORRUPT, ZERO_BYTE, NO_IMAGE = 5, 6, 7
-
-
-def _write_images(folder) -> list[str | None]:
-    rng = np.random.default_rng(0)
-    folder.mkdir(parents=True, exist_ok=True)
-
-    def rgb(h=24, w=20):
-        return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "RGB")
-
-    files: list[str | None] = []
-    images = {
-        0: ("rgb.jpg", rgb()),
-        1: ("gray.png", Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8), "L")),
-        2: ("palette.png", rgb(12, 12).convert("P", palette=Image.Palette.ADAPTIVE, colors=8)),
-        3: ("rgba.png", Image.fromarray(rng.integers(0, 256, (10, 14, 4), dtype=np.uint8), "RGBA")),
-        4: ("cmyk.jpg", rgb(20, 20).convert("CMYK")),
-        8: ("bilevel.png", rgb(9, 9).convert("1")),
-        9: ("gray16.png", Image.fromarray(rng.integers(0, 65535, (8, 8), dtype=np.uint16))),
-        10: ("la.png", Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).convert("LA")),
-    }
-    for i in range(len(TEXTS)):
-        if i in images:
-            name, img = images[i]
-            img.save(folder / name)
-            files.append(f"images/{name}")
-        elif i == CORRUPT:
-            (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg" * 5)
-            files.append("images/corrupt.jpg")
-        elif i == ZERO_BYTE:
-            (folder / "empty.png").write_bytes(b"")
-            files.append("images/empty.png")
-        else:
-            files.append(None)
-    return files
-
-
-def make_tiny_dataset(root) -> Dataset:
-    files = _write_images(root / "images")
-    n = len(TEXTS)
-    items = pd.DataFrame({
-        "item": np.arange(n),
-        "item_id": [f"it{i:02d}" for i in range(n)],
-        "text": TEXTS,
-        "image": files,
-        "has_text": [isinstance(t, str) and bool(t.strip()) for t in TEXTS],
-        "has_image": [f is not None for f in files],
-    })
-    # has_text is true for the empty string on purpose: the extractor must still treat it as missing
-    items.loc[2, "has_text"] = True
-    users = pd.DataFrame({"user": [0, 1], "user_id": ["u0", "u1"]})
-    inter = pd.DataFrame({"user": [0, 0, 1, 1], "item": [0, 1, 2, 3], "rating": [5.0, 4.0, 3.0, 5.0],
-                          "timestamp": [1, 2, 3, 4], "split": ["train", "test", "train", "val"]})
-    ds = Dataset("tiny", items, users, inter)
-    ds.save(root)
-    return ds
+# the tiny Dataset lives in mmlib.testing (the common checks run on it); re-exported for the other tests
+from mmlib.testing.builders import (  # noqa: F401
+    CORRUPT,
+    NO_IMAGE,
+    TEXTS,
+    ZERO_BYTE,
+    expected_present,
+    make_tiny_dataset,
+)
 
 
 @pytest.fixture(scope="module")
@@ -95,82 +35,12 @@ def tiny(tmp_path_factory):
     return make_tiny_dataset(tmp_path_factory.mktemp("tiny"))
 
 
-def expected_present(modality: str) -> np.ndarray:
-    if modality == "visual":
-        return np.array([i not in (CORRUPT, ZERO_BYTE, NO_IMAGE) for i in range(len(TEXTS))])
-    return np.array([isinstance(t, str) and bool(t.strip()) for t in TEXTS])
-
-
 def test_registry_has_the_three_extractors():
     assert {"color_histogram", "tfidf_svd", "sentence_transformers"} <= set(EXTRACTORS.names())
 
 
-# Extractors whose default checkpoint must be downloaded: they run the same contract on tiny
-# checkpoints in test_extract_hf.py (test_hf_contract), which also checks that this list is complete.
-NEEDS_CHECKPOINT = {"resnet50", "vision_backbone", "clip_like", "clip", "align", "altclip"}
-
-
-@pytest.mark.parametrize("name", [n for n in EXTRACTORS.names() if n not in NEEDS_CHECKPOINT])
-def test_extractor_contract(name, tiny, tmp_path, caplog):
-    cls = EXTRACTORS.get(name)
-    assert issubclass(cls, Extractor) and cls.modalities
-    extractor = build_extractor({"extractor": name})
-    spec = extractor.spec()
-    assert spec["extractor"] == name and "options" in spec
-    json.dumps(spec)  # JSON-serialisable
-    setting = {m: {"extractor": name} for m in cls.modalities}
-
-    caplog.set_level(logging.INFO, logger="mmlib")
-    feats = extract_features(tiny, "k", setting, tmp_path / "a")
-    again = extract_features(tiny, "k", setting, tmp_path / "b")  # a fresh folder: recomputed
-
-    assert isinstance(feats, Features) and feats.root == tmp_path / "a" / "k"
-    man = feats.manifest
-    assert man["dataset"]["hash"] == tiny.manifest["hash"] and man["dataset"]["n_items"] == tiny.n_items
-    for m in cls.modalities:
-        x = feats[m]
-        assert isinstance(x, np.memmap) and x.dtype == np.float32
-        assert x.shape == (tiny.n_items, feats.dim(m)) and feats.dim(m) > 0
-        assert np.isfinite(x).all()
-        np.testing.assert_array_equal(x, again[m])  # deterministic
-        mask = feats.masks[m]
-        np.testing.assert_array_equal(mask, expected_present(m))
-        # missing rows hold the mean of the present rows
-        np.testing.assert_allclose(x[~mask], np.broadcast_to(x[mask].mean(0), x[~mask].shape), atol=1e-6)
-        assert np.ptp(np.asarray(x[mask]), axis=0).max() > 0  # rows are not all the same
-
-        entry = man["modalities"][m]
-        assert entry["spec"] == json.loads(json.dumps(extractor.spec()))
-        assert entry["dataset_hash"] == tiny.manifest["hash"]
-        assert entry["dim"] == feats.dim(m) and entry["shape"] == [tiny.n_items, feats.dim(m)]
-        assert entry["dtype"] == "float32" and entry["missing_policy"] == "mean"
-        assert entry["batch_size"] == extractor.batch_size and entry["device"] == "cpu"
-        assert {"load_s", "preprocess_s", "forward_s", "extract_s", "write_s", "total_s"} <= set(entry["timings"])
-        assert entry["items_per_s"] > 0 and entry["n_present"] == int(mask.sum())
-        assert entry["provenance"]["mmlib"]
-        reasons = {a["item_id"]: a["reason"] for a in entry["absent"]}
-        if m == "visual":
-            failed = {f["item_id"]: f for f in entry["failed"]}
-            assert set(failed) == {f"it{CORRUPT:02d}", f"it{ZERO_BYTE:02d}"}
-            assert failed[f"it{CORRUPT:02d}"]["file"] == "images/corrupt.jpg"
-            assert failed[f"it{ZERO_BYTE:02d}"]["file"] == "images/empty.png"
-            assert all(f["reason"] for f in failed.values())
-            assert set(reasons) == {f"it{NO_IMAGE:02d}"}
-        else:
-            assert entry["failed"] == []
-            assert reasons == {"it02": "empty text", "it05": "no text (has_text is false)",
-                               "it06": "no text (has_text is false)"}
-
-    # cache: a second call on the same folder reuses the files without recomputing
-    created = {m: man["modalities"][m]["created"] for m in cls.modalities}
-    mtimes = {m: (feats.root / f"{m}.npy").stat().st_mtime_ns for m in cls.modalities}
-    caplog.clear()
-    cached = extract_features(tiny, "k", setting, tmp_path / "a")
-    assert "reusing cached features" in caplog.text  # and below: files untouched, not recomputed
-    for m in cls.modalities:
-        assert cached.manifest["modalities"][m]["created"] == created[m]
-        assert (feats.root / f"{m}.npy").stat().st_mtime_ns == mtimes[m]
-        np.testing.assert_array_equal(cached[m], feats[m])
+# The contract every registered extractor passes (shapes, dtype, determinism, presence masks, fill,
+# manifest, cache reuse) is `mmlib.testing.extractor_checks`, run by tests/test_common_checks.py.
 
 
 def test_zero_policy_and_spec_change_recomputes(tiny, tmp_path, caplog):

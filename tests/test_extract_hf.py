@@ -1,8 +1,7 @@
 """The PyTorch / Hugging Face extractors on tiny random-weight checkpoints (built by
-mmlib.extract.tiny from committed tokenizer fixtures), offline:
+mmlib.testing.tiny from committed tokenizer fixtures), offline:
 
-- one common contract test over every such extractor (shapes, float32, finite, deterministic,
-  batch 1 vs 32 within 1e-4, worker processes, cache reuse, manifest contents);
+- (the common contract over every such extractor is in mmlib.testing.extractor_checks);
 - features equal a reference computed with transformers directly (CLIP/ALIGN/AltCLIP forward
   image_embeds / text_embeds; the paper's ResNet preprocessing by hand), paper mode = fast mode;
 - ResNet weight files (torchvision and Hugging Face layouts, MMFashion-style backbone prefix),
@@ -16,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import time
 from pathlib import Path
@@ -30,10 +28,14 @@ from PIL import Image
 from mmlib.data.dataset import Dataset
 from mmlib.errors import MmlibError
 from mmlib.extract import extract_features, load_preset, preset_names
-from mmlib.extract.tiny import ARCHITECTURES, build_tiny_checkpoint, build_tiny_checkpoints
 from mmlib.extract.vision import hf_to_torchvision_resnet
 from mmlib.registry import EXTRACTORS
-from test_extract_contract import CORRUPT, NO_IMAGE, ZERO_BYTE, TEXTS, expected_present, make_tiny_dataset
+from mmlib.testing.builders import TEXTS, make_tiny_dataset
+from mmlib.testing.tiny import (
+    ARCHITECTURES,
+    build_tiny_checkpoint,
+    build_tiny_checkpoints,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures" / "tokenizers"
@@ -60,10 +62,6 @@ CASES = {
     "hf_text": ("bert", {}),
     "sentence_transformers": ("bert", {}),  # a plain BERT folder: sentence-transformers mean-pools
 }
-# extractors whose defaults work offline run the contract of test_extract_contract.py as they are
-OFFLINE_DEFAULTS = {"color_histogram", "tfidf_svd", "sentence_transformers", "hf_text"}
-
-
 def spec(name: str, ck: dict, **options) -> dict:
     arch, extra = CASES[name]
     return {"extractor": name, "checkpoint": str(ck[arch]), **extra, **options}
@@ -73,71 +71,9 @@ def setting(name: str, ck: dict, **options) -> dict:
     return {m: spec(name, ck, **options) for m in EXTRACTORS.get(name).modalities}
 
 
-def test_every_extractor_has_a_contract_test():
-    from test_extract_contract import NEEDS_CHECKPOINT
-
-    names = set(EXTRACTORS.names())
-    assert names <= set(CASES) | OFFLINE_DEFAULTS
-    assert NEEDS_CHECKPOINT == names - OFFLINE_DEFAULTS
-    assert {"resnet50", "clip", "align", "altclip", "sentence_transformers", "clip_like",
-            "vision_backbone", "hf_text"} <= names
-
-
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_hf_contract(name, ck, tiny, tmp_path, caplog):
-    cls = EXTRACTORS.get(name)
-    s = setting(name, ck)
-    caplog.set_level(logging.INFO, logger="mmlib")
-    feats = extract_features(tiny, "k", s, tmp_path / "a")
-    again = extract_features(tiny, "k", s, tmp_path / "b")  # fresh folder: recomputed
-    one = extract_features(tiny, "k", setting(name, ck, batch_size=1), tmp_path / "c")
-    man = feats.manifest
-    assert man["dataset"]["hash"] == tiny.manifest["hash"]
-    for m in cls.modalities:
-        x = np.asarray(feats[m])
-        assert x.dtype == np.float32 and x.shape == (tiny.n_items, feats.dim(m)) and feats.dim(m) > 1
-        assert np.isfinite(x).all()
-        np.testing.assert_array_equal(x, again[m])  # deterministic
-        np.testing.assert_allclose(x, one[m], atol=1e-4, rtol=0)  # batch-size invariant
-        mask = feats.masks[m]
-        np.testing.assert_array_equal(mask, expected_present(m))
-        rows = x[mask]
-        assert np.abs(rows[:, None] - rows[None]).max(-1)[~np.eye(len(rows), dtype=bool)].min() > 1e-4
-
-        entry = man["modalities"][m]
-        sp = entry["spec"]
-        batch_size = cls.Options().batch_size
-        assert sp["extractor"] == name and sp["options"]["batch_size"] == batch_size
-        assert "num_workers" not in sp["options"]  # runtime only: not part of the cache key
-        ckpt = sp["checkpoint"]
-        assert ckpt["path"] == str(ck[CASES[name][0]]) and ckpt["source"] == "local"
-        assert "revision" in ckpt and "repo_id" in ckpt
-        assert len(ckpt["weights_sha256"]["model.safetensors"]) == 64
-        assert entry["dim"] == x.shape[1] and entry["dtype"] == "float32"
-        assert entry["batch_size"] == batch_size and entry["device"] == "cpu"
-        assert {"load_s", "preprocess_s", "forward_s", "write_s", "total_s"} <= set(entry["timings"])
-        assert entry["items_per_s"] > 0 and entry["n_present"] == int(mask.sum())
-        assert entry["provenance"]["torch"] and entry["provenance"]["transformers"]
-        if name != "sentence_transformers":
-            assert sp["preprocessing"][m] and sp["output"][m]
-            assert entry["report"]["compute_dtype"] == "float32"
-        if m == "visual":
-            failed = {f["item_id"]: f for f in entry["failed"]}
-            assert set(failed) == {f"it{CORRUPT:02d}", f"it{ZERO_BYTE:02d}"}
-            assert failed[f"it{ZERO_BYTE:02d}"]["file"] == "images/empty.png"
-            assert {a["item_id"] for a in entry["absent"]} == {f"it{NO_IMAGE:02d}"}
-            assert entry["report"]["num_workers"] >= 0
-        else:
-            assert {a["item_id"] for a in entry["absent"]} == {"it02", "it05", "it06"}
-
-    # the same call on the same folder reuses the files, and says so
-    mtimes = {m: (feats.root / f"{m}.npy").stat().st_mtime_ns for m in cls.modalities}
-    caplog.clear()
-    cached = extract_features(tiny, "k", s, tmp_path / "a")
-    assert "reusing cached features" in caplog.text
-    for m in cls.modalities:
-        assert (feats.root / f"{m}.npy").stat().st_mtime_ns == mtimes[m]
-        np.testing.assert_array_equal(cached[m], feats[m])
+# The common contract over every such extractor (shapes, float32, finite, deterministic, batch 1 vs
+# the default within 1e-4, cache reuse, manifest contents) is `mmlib.testing.extractor_checks`
+# (check_contract_on_tiny_checkpoint), run over the registry by tests/test_common_checks.py.
 
 
 def test_one_model_instance_serves_both_modalities(ck, tiny, tmp_path, monkeypatch):

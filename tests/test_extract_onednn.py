@@ -13,7 +13,7 @@ import torch
 
 from mmlib.extract import extract_features
 from mmlib.extract.onednn import onednn_available, optimise_linears
-from mmlib.extract.tiny import build_tiny_checkpoints
+from mmlib.testing.tiny import build_tiny_checkpoints
 from test_extract_contract import make_tiny_dataset
 from test_extract_hf import FIXTURES
 

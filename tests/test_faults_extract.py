@@ -379,14 +379,14 @@ BLANK = ["", "   ", "\t\n", "\u200b", "\ufeff\u3000\u00a0", "\x00\x07"]
 
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory):
-    from mmlib.extract.tiny import build_tiny_checkpoint
+    from mmlib.testing.tiny import build_tiny_checkpoint
 
     return build_tiny_checkpoint("bert", tmp_path_factory.mktemp("bert"), tokenizers_dir=FIXTURES)
 
 
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
-    from mmlib.extract.tiny import build_tiny_checkpoint
+    from mmlib.testing.tiny import build_tiny_checkpoint
 
     return build_tiny_checkpoint("clip", tmp_path_factory.mktemp("clip"), tokenizers_dir=FIXTURES)
 

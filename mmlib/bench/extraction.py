@@ -31,7 +31,7 @@ CLIP ViT-B/16 (`clip`, `CLIPConfig` with the ViT-B/16 vision tower and the defau
 with random weights, written with `save_pretrained` to a temporary folder so that the extractors'
 real loading path runs. The CLIP tokenizer is the byte-level BPE fixture of mmlib's tests
 (`tests/fixtures/tokenizers/clip-bpe`) with CLIP's 77-token budget; without it the CLIP text rows
-are skipped. `quick=True` uses the tiny checkpoints of `mmlib.extract.tiny` instead (same code).
+are skipped. `quick=True` uses the tiny checkpoints of `mmlib.testing.tiny` instead (same code).
 Inputs: the first `n_images` real posters of `<data>/movielens_latest_small_posters/posters`
 (else generated JPEGs) and the first `n_texts` "title. Genres: ..." strings of its movies.csv
 (else generated), where `<data>` is $MMLIB_DATA or `<repo>/../shared/data`.
@@ -193,7 +193,7 @@ def _build_checkpoints(work: str, quick: bool, with_clip_text: bool) -> dict:
     out: dict = {}
     torch.manual_seed(0)
     if quick:
-        from mmlib.extract.tiny import build_tiny_checkpoint
+        from mmlib.testing.tiny import build_tiny_checkpoint
 
         out["resnet50"] = str(build_tiny_checkpoint("resnet", work / "tiny-resnet", seed=0))
         try:
@@ -201,8 +201,8 @@ def _build_checkpoints(work: str, quick: bool, with_clip_text: bool) -> dict:
             out["clip_text"] = True
         except MmlibError as exc:  # no tokenizer fixture: a vision-only tiny CLIP is not offered
             out["clip_error"] = str(exc)
-        out["architectures"] = {"resnet50": "tiny random ResNet (mmlib.extract.tiny)",
-                                "clip": "tiny random CLIP (mmlib.extract.tiny)"}
+        out["architectures"] = {"resnet50": "tiny random ResNet (mmlib.testing.tiny)",
+                                "clip": "tiny random CLIP (mmlib.testing.tiny)"}
         return out
 
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, ResNetConfig, ResNetModel
@@ -216,7 +216,7 @@ def _build_checkpoints(work: str, quick: bool, with_clip_text: bool) -> dict:
     text: dict = {}
     out["clip_text"] = False
     if with_clip_text:
-        from mmlib.extract.tiny import default_tokenizers_dir
+        from mmlib.testing.tiny import default_tokenizers_dir
 
         fixture = default_tokenizers_dir() / "clip-bpe"
         if (fixture / "tokenizer.json").is_file():
@@ -659,7 +659,7 @@ def run(out_dir: Path | str = Path("outputs/benchmarks"), batch_sizes=None, n_im
     batch_sizes: default (1, 8, 32, 64, 128); quick (1, 4).
     n_images / n_texts: items per cell (default 64 / 512; quick 4 / 16). A batch size above the
       item count runs one batch of all items (`n_batches` says so).
-    quick: tiny random checkpoints (mmlib.extract.tiny) instead of the full architectures.
+    quick: tiny random checkpoints (mmlib.testing.tiny) instead of the full architectures.
     extractors: restrict to these labels (resnet50, clip, sentence_transformers).
     variants: extra pipeline rows, name -> extractor options (impl `mmlib_<name>`), applied to the
       visual cases (or those listed under the key "extractors"), e.g.

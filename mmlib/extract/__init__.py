@@ -15,7 +15,7 @@ Registered extractors (`EXTRACTORS.names()`):
   vision_backbone (any vision checkpoint: pooled output, a hidden state or a named layer),
   hf_text (any transformers text encoder, masked mean pooling).
 The paper's five settings are presets: `load_preset("clip")` reads params/extractors/clip.yaml.
-`mmlib.extract.tiny` builds tiny random-weight checkpoints of every architecture (for tests).
+`mmlib.testing.tiny` builds tiny random-weight checkpoints of every architecture (for tests).
 """
 
 from mmlib.extract import (  # noqa: F401  (fill the registry)

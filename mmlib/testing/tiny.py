@@ -4,7 +4,7 @@ Tests (and anyone without the real weights) point the real loading code at these
 normal `save_pretrained` folder (config, safetensors weights, image-processor config and/or
 tokenizer files) that reloads with `from_pretrained` under HF_HUB_OFFLINE=1.
 
-    from mmlib.extract.tiny import build_tiny_checkpoint
+    from mmlib.testing.tiny import build_tiny_checkpoint
     folder = build_tiny_checkpoint("clip", tmp_path / "tiny-clip", seed=0)
     extract_features(ds, "k", {"visual": {"extractor": "clip", "checkpoint": str(folder)}}, out)
 
@@ -27,7 +27,7 @@ reproducible across library versions, so the small tokenizer files are committed
 `build_tokenizer_fixtures()` (below), which constructs them from `TOKENIZER_CORPUS` (our own
 sentences); re-run it only to change them:
 
-    python -c "from mmlib.extract.tiny import build_tokenizer_fixtures as b; b('tests/fixtures/tokenizers')"
+    python -c "from mmlib.testing.tiny import build_tokenizer_fixtures as b; b('tests/fixtures/tokenizers')"
 """
 
 from __future__ import annotations
@@ -180,7 +180,7 @@ def _copy_tokenizer(name: str, folder: Path, tokenizers_dir: Path | None) -> Non
         raise MmlibError(
             f"tiny checkpoints: tokenizer fixture {source} is missing (expected tokenizer.json and "
             "tokenizer_config.json). Pass tokenizers_dir= pointing at tests/fixtures/tokenizers of an "
-            "mmlib source checkout, or rebuild them with mmlib.extract.tiny.build_tokenizer_fixtures()."
+            "mmlib source checkout, or rebuild them with mmlib.testing.tiny.build_tokenizer_fixtures()."
         )
     for f in sorted(source.iterdir()):
         if f.is_file():
