@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from mmlib.cache import GraphCache
 from mmlib.data import Dataset
 from mmlib.data.prepare import prepare_dataset
 from mmlib.errors import MmlibError
@@ -70,8 +71,8 @@ def extract(study: StudySpec, setting: str) -> Features:
 
 def train_data(dataset: Dataset, features: Features | None, device: torch.device,
                cache_dir: Path | None = None) -> TrainData:
-    data = TrainData(n_users=dataset.n_users, n_items=dataset.n_items,
-                     train=dataset.matrix("train"), device=device, cache_dir=cache_dir)
+    data = TrainData(n_users=dataset.n_users, n_items=dataset.n_items, train=dataset.matrix("train"),
+                     device=device, graph_cache=None if cache_dir is None else GraphCache(cache_dir))
     if features is not None:
         for modality, matrix in features.matrices.items():
             data.features[modality] = torch.as_tensor(np.array(matrix, dtype=np.float32), device=device)

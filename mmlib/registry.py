@@ -1,7 +1,8 @@
 """Name -> class registries for recommenders and extractors.
 
 Modules register themselves with a decorator; a registry imports its package on first use, and the
-package imports every module in it, so the registry is always complete.
+package imports every module in it (eagerly, or through its `load_all()`), so the registry is
+always complete.
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ class Registry(Generic[T]):
         self._entries: dict[str, T] = {}
 
     def _load(self) -> None:
-        importlib.import_module(self.package)
+        package = importlib.import_module(self.package)
+        load_all = getattr(package, "load_all", None)  # a package that imports its modules lazily
+        if load_all is not None:
+            load_all()
 
     def register(self, name: str) -> Callable[[T], T]:
         def decorator(obj: T) -> T:

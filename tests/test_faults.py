@@ -378,7 +378,7 @@ def test_two_processes_training_one_run_take_turns_and_train_it_once(tmp_path):
 
 @pytest.mark.parametrize("damage", ["truncate", "edit"])
 def test_a_damaged_graph_cache_is_rebuilt_not_used(tmp_path, caplog, damage):
-    from mmlib.models import graph
+    from mmlib.cache import GraphCache
 
     built = []
 
@@ -386,7 +386,7 @@ def test_a_damaged_graph_cache_is_rebuilt_not_used(tmp_path, caplog, damage):
         built.append(1)
         return sp.random(30, 30, density=0.2, format="csr", random_state=0, dtype=np.float32)
 
-    first = graph.cached_graph(tmp_path, "g", build)
+    first = GraphCache(tmp_path).get_or_build("g", build)
     path = tmp_path / "g.npz"
     if damage == "truncate":
         path.write_bytes(path.read_bytes()[:200])
@@ -396,10 +396,10 @@ def test_a_damaged_graph_cache_is_rebuilt_not_used(tmp_path, caplog, damage):
         arrays["data"] = arrays["data"] * 2
         np.savez(path, **arrays)
     with caplog.at_level(logging.WARNING):
-        again = graph.cached_graph(tmp_path, "g", build)
+        again = GraphCache(tmp_path).get_or_build("g", build)
     assert len(built) == 2 and "rebuilding" in caplog.text
     assert (again != first).nnz == 0
-    assert (graph.cached_graph(tmp_path, "g", build) != first).nnz == 0 and len(built) == 2
+    assert (GraphCache(tmp_path).get_or_build("g", build) != first).nnz == 0 and len(built) == 2
 
 
 # ----------------------------------------------------------------------------- stale inputs end to end

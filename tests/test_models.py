@@ -1,9 +1,13 @@
-"""The common contract every registered recommender passes (in the spirit of check_estimator)."""
+"""The common contract every registered recommender passes (in the spirit of check_estimator), the
+model cards (torch-free, one source of each model's hyper-parameters and traits), and the
+conventions of the models package (one parameter name per meaning, buffers, no cross-imports)."""
 
+import ast
 import dataclasses
-import io
 import math
 import re
+import subprocess
+import sys
 import types
 import typing
 
@@ -11,13 +15,21 @@ import pytest
 import torch
 import yaml
 
-import mmlib.models  # noqa: F401  (fills the registry)
+import mmlib.models
 from mmlib.errors import MmlibError
+from mmlib.models import cards
 from mmlib.models.base import REG_FORMS, TrainData
 from mmlib.registry import MODELS
 from mmlib.study import expand_grid
-from mmlib.train import TrainSpec, UniformSampler, fit, protocol_spec, seed_everything, split_config
+from mmlib.train import (
+    UniformSampler,
+    protocol_spec,
+    seed_everything,
+    split_config,
+)
 from tests.conftest import REPO, random_interactions
+
+mmlib.models.load_all()  # registers every model class (the registry does this on first use too)
 
 
 def tiny_data(with_features=True) -> TrainData:
@@ -33,63 +45,6 @@ def build(name, data, seed=0):
     seed_everything(seed)
     cls = MODELS.get(name)
     return cls(cls.Params(), data)
-
-
-@pytest.mark.parametrize("name", MODELS.names())
-def test_scores_have_users_by_items_shape_and_are_finite(name):
-    model = build(name, tiny_data())
-    scores = model.score(torch.arange(7))
-    assert scores.shape == (7, 30)
-    assert torch.isfinite(scores).all()
-
-
-@pytest.mark.parametrize("name", [n for n in MODELS.names() if MODELS.get(n).sampling == "bpr"])
-def test_training_loss_falls_and_stays_finite(name):
-    data = tiny_data()
-    model = build(name, data)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-    sampler = UniformSampler(data.train, torch.Generator().manual_seed(0))
-    losses = []
-    for _ in range(20):
-        total = 0.0
-        for batch in sampler.epoch(64):
-            loss = model.loss(batch)
-            assert torch.isfinite(loss)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total += loss.item()
-        losses.append(total)
-    assert losses[-1] < 0.8 * losses[0]
-
-
-@pytest.mark.parametrize("name", MODELS.names())
-def test_same_seed_same_scores_and_save_load_round_trip(name):
-    data = tiny_data()
-    spec = TrainSpec(epochs=2, batch_size=64, eval_every=1, cutoffs=[20], seed=3)
-    cls = MODELS.get(name)
-    first = fit(cls, cls.Params(), spec, data, data.train)
-    second = fit(cls, cls.Params(), spec, data, data.train)
-    users = torch.arange(50)
-    a, b = build(name, data), build(name, data)
-    a.load_state_dict(first.state)
-    b.load_state_dict(second.state)
-    assert torch.equal(a.score(users), b.score(users))
-    buffer = io.BytesIO()
-    torch.save(a.state_dict(), buffer)
-    buffer.seek(0)
-    c = build(name, data, seed=99)
-    c.load_state_dict(torch.load(buffer))
-    assert torch.equal(a.score(users), c.score(users))
-
-
-@pytest.mark.parametrize("name", [n for n in MODELS.names() if MODELS.get(n).modalities_needed != "none"])
-def test_missing_modality_is_a_clear_error(name):
-    with pytest.raises(MmlibError, match=f"Model {name} needs item features"):
-        build(name, tiny_data(with_features=False))
-    cls = MODELS.get(name)
-    with pytest.raises(MmlibError, match="audio"):
-        cls(cls.Params(modalities=["audio"]), tiny_data())
 
 
 def test_vbpr_uses_one_modality_or_both():
@@ -155,6 +110,11 @@ def test_every_model_with_numeric_parameters_declares_ranges():
     assert {p.values[0] for p in BOUNDS} == {n for n in MODELS.names() if n != "MostPop"}
 
 
+# sizes a rule in Params.__post_init__ requires to be equal
+EQUAL_SIZES = {"BM3": ("factors", "factors_multimod"), "FREEDOM": ("factors", "factors_multimod"),
+               "NGCF-M": ("factors", "weight_size")}
+
+
 @pytest.mark.parametrize("name, field, kind_type, kind, limit", BOUNDS)
 def test_a_value_just_outside_a_declared_range_is_refused_at_load(name, field, kind_type, kind, limit):
     assert kind_type in (int, float), f"{name}.{field}: a range on a non-numeric field is never checked"
@@ -165,8 +125,10 @@ def test_a_value_just_outside_a_declared_range_is_refused_at_load(name, field, k
     assert "params/x.yaml" in message and f"models.{name}.{field}" in message, message
     assert "out of range" in message, message
     # ... and the bound itself (or the next value inside) is accepted: the range is not off by one
+    # (with the field an equality rule ties it to set alike)
     good = inside(kind, limit, kind_type)
-    assert getattr(load_params(name, {field: good}), field) == good
+    tied = {f: good for f in EQUAL_SIZES.get(name, ()) if field in EQUAL_SIZES[name]}
+    assert getattr(load_params(name, {**tied, field: good}), field) == good
 
 
 @pytest.mark.parametrize("name, field", [(name, f.name) for name in MODELS.names()
@@ -179,15 +141,15 @@ def test_non_finite_float_parameters_are_refused_at_load(name, field, value):
 
 # ints that size something (embeddings, neighbourhoods, layers, ...): a new model must bound them
 SIZE_LIKE = re.compile(r"factors|size|(^|_)k$|layers|routings")
-# sized per modality in a mapping, which a declared range cannot reach: the model checks it itself
-SIZES_CHECKED_BY_THE_MODEL = {("MMGCN", "factors_multimod")}
+# sized per modality in a mapping, which a declared range cannot reach: its Params.__post_init__ checks it
+SIZES_CHECKED_IN_POST_INIT = {("MMGCN", "factors_multimod")}
 
 
 def test_every_size_like_parameter_declares_a_lower_bound():
     checked, missing = [], []
     for name in MODELS.names():
         for f, hint in params_fields(name):
-            if (name, f.name) in SIZES_CHECKED_BY_THE_MODEL:
+            if (name, f.name) in SIZES_CHECKED_IN_POST_INIT:
                 continue
             if scalar_type(hint) is int or SIZE_LIKE.search(f.name):
                 checked.append(f"{name}.{f.name}")
@@ -225,3 +187,197 @@ def test_defaults_and_shipped_grids_are_inside_the_declared_ranges(name):
     for protocol, grid in yaml.safe_load(path.read_text()).items():
         for point in expand_grid(grid or {}):
             split_config(cls, point, protocol_spec(protocol), f"{path}: {protocol}")
+
+
+# -- model cards -------------------------------------------------------------------------------------
+
+def test_cards_are_importable_without_torch():
+    code = ("import sys, mmlib.models.cards as c; assert 'torch' not in sys.modules, 'torch imported'; "
+            "assert len(c.names()) == 17; import mmlib.models; assert 'torch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=120)
+
+
+def test_every_card_has_its_registered_class_and_the_class_takes_its_traits_from_it():
+    assert cards.names() == MODELS.names()
+    for name in cards.names():
+        card, cls = cards.card(name), MODELS.get(name)
+        assert cls.card is card and cls.registered_name == name and cls.__module__ == card.module
+        assert (cls.Params, cls.sampling, cls.modalities_needed) == (card.Params, card.sampling,
+                                                                     card.modalities_needed)
+        assert card.summary and "\n" not in card.summary
+        assert "mmlib.models.cards" in sys.modules[cls.__module__].__doc__, \
+            f"{name}: the module docstring should say where its hyper-parameters are documented"
+
+
+def test_an_unknown_card_is_a_clear_error_with_a_close_match():
+    with pytest.raises(MmlibError, match=r"Unknown model 'LightGNC'\. Did you mean 'LightGCN'\?"):
+        cards.card("LightGNC")
+
+
+@pytest.mark.parametrize("field", ["epochs", "lr", "batch_size", "seed"])
+def test_a_card_whose_params_share_a_name_with_a_training_setting_is_refused(field):
+    params = dataclasses.make_dataclass("Clashing", [("factors", int, 64), (field, float, 1.0)])
+    with pytest.raises(MmlibError, match=rf"Model Clashing-Model: hyper-parameter '{field}' has the name of "
+                                         rf"a training setting \(TrainSpec\.{field}\)"):
+        cards.ModelCard("Clashing-Model", "nowhere", params, "bpr", "none", "x")
+
+
+def test_a_class_naming_an_unknown_card_is_refused_at_import():
+    from mmlib.models.base import Recommender
+
+    with pytest.raises(MmlibError, match="Unknown model 'NoSuchModel'"):
+        class NoSuchModel(Recommender, card="NoSuchModel"):
+            pass
+
+
+def test_a_subclass_of_a_registered_model_inherits_its_card_without_registering_again():
+    cls = MODELS.get("BPRMF")
+
+    class Variant(cls):
+        pass
+
+    assert Variant.card is cls.card and Variant.Params is cls.Params and MODELS.get("BPRMF") is cls
+
+
+# -- rules between fields: checked when params are loaded, not when a model is built --------------------
+
+@pytest.mark.parametrize("name, values, message", [
+    ("FREEDOM", {"factors_multimod": 32}, r"factors_multimod \(32\) must equal factors \(64\)"),
+    ("BM3", {"factors": 32}, r"factors_multimod \(64\) must equal factors \(32\)"),
+    ("NGCF-M", {"weight_size": 32}, r"weight_size \(32\) must equal factors \(64\)"),
+    ("GRCN", {"fusion": "mean"}, r"fusion 'mean' needs factors \(64\) equal to factors_multimod \(128\)"),
+    ("MMGCN", {"factors_multimod": {"visual": 0}}, r"factors_multimod\['visual'\] must be a positive size"),
+    ("MMGCN", {"factors_multimod": {"visual": "big"}}, r"factors_multimod\['visual'\] must be a positive size"),
+    ("FREEDOM", {"modality_weights": {"visual": -1.0, "textual": 2.0}}, "modality_weights"),
+    ("DRAGON", {"modality_weights": {"visual": 0.0, "textual": 0.0}}, "positive sum"),
+    ("DRAGON", {"modality_weights": {"visual": math.inf, "textual": 1.0}}, "finite"),
+])
+def test_cross_field_rules_are_refused_when_params_are_loaded(name, values, message):
+    with pytest.raises(MmlibError, match=rf"Model {name}: .*{message}"):
+        load_params(name, values)
+    with pytest.raises(MmlibError, match=message):  # and for params built in code
+        cards.card(name).Params(**values)
+
+
+def test_models_do_not_recheck_declared_ranges_in_their_constructors():
+    """A range, a Literal or a cross-field rule is declared once (on the card's Params): no model
+    module raises MmlibError itself, except for what only the data can tell (absent modalities,
+    modality weights that do not match the modalities used, a kNN graph with NaN features)."""
+    allowed = {"lattice.py"}  # knn_neighbours: NaN features make fewer than k neighbours
+    for path in sorted((REPO / "mmlib" / "models").glob("*.py")):
+        if path.name in {"base.py", "graph.py", "cards.py", "__init__.py"} | allowed:
+            continue
+        assert "MmlibError" not in path.read_text(), f"{path.name} raises its own parameter errors"
+
+
+# -- one name per meaning --------------------------------------------------------------------------------
+
+# retired names: the name each now has everywhere
+RETIRED = {"n_ui_layers": "n_layers", "num_layers": "n_layers", "n_mm_layers": "n_item_layers",
+           "multimod_factors": "factors_multimod", "reg_weight": "l_w", "drop": "edge_dropout",
+           "drop_ratio": "edge_dropout", "fusion_mode": "fusion", "ssl_weight": "cl_weight",
+           "reg_cl": "cl_weight"}
+
+
+def test_parameter_names_mean_one_thing_in_every_model():
+    for name in MODELS.names():
+        hints = {f.name: hint for f, hint in params_fields(name)}
+        assert not set(hints) & set(RETIRED), (name, set(hints) & set(RETIRED))
+        if "fusion" in hints:  # how modalities are combined, never neighbour aggregation
+            assert set(typing.get_args(hints["fusion"])) <= {"concat", "sum", "mean", "id"}
+        if "aggregation" in hints:  # how a node combines its neighbours
+            assert set(typing.get_args(hints["aggregation"])) == {"add", "mean"}
+    # node_dropout drops nodes (NGCF); a model dropping adjacency entries calls it edge_dropout
+    assert "edge_dropout" in {f.name for f, _ in params_fields("NGCF-M")}
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_grid_files_use_the_current_names_and_say_where_the_paper_used_another(name):
+    text = (REPO / "params" / "models" / f"{name}.yaml").read_text()
+    for protocol, grid in yaml.safe_load(text).items():
+        retired = set(grid or {}) & set(RETIRED)
+        assert not retired, f"{name}.yaml {protocol}: retired names {retired}"
+
+
+# -- the package's conventions ------------------------------------------------------------------------------
+
+MODEL_MODULES = sorted(p for p in (REPO / "mmlib" / "models").glob("*.py")
+                       if p.name not in {"__init__.py", "base.py", "graph.py", "cards.py"})
+
+
+@pytest.mark.parametrize("path", MODEL_MODULES, ids=lambda p: p.stem)
+def test_model_modules_share_code_through_base_and_graph_only(path):
+    imported = imports_of(path)
+    others = {f"mmlib.models.{p.stem}" for p in MODEL_MODULES} - {f"mmlib.models.{path.stem}"}
+    assert not imported & others, f"{path.name} imports another model module: {imported & others}"
+    assert not {m for m in imported if m.startswith(("mmlib.train", "mmlib.pipeline", "mmlib.data"))}
+
+
+def imports_of(path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    return {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module} \
+        | {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+
+
+def test_the_models_package_writes_no_files():
+    """The graph cache is the caller's (mmlib.cache, through TrainData.graph_cache)."""
+    for path in (REPO / "mmlib" / "models").glob("*.py"):
+        assert not {m for m in imports_of(path) if m.startswith(("mmlib.storage", "mmlib.cache"))}, path.name
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_graphs_are_buffers_and_move_with_the_model(name):
+    """After a training step and an evaluation pass, `model.to('meta')` leaves no parameter,
+    buffer or tensor-holding attribute behind (no model moves graphs by hand)."""
+    data = tiny_data()
+    model = build(name, data)
+    if model.sampling != "none":
+        sampler = UniformSampler(data.train, torch.Generator().manual_seed(0))
+        model.on_epoch_start(1)
+        model.loss(next(sampler.epoch(16, model.sampling == "bpr"))).backward()
+    model.eval()
+    with torch.inference_mode():
+        model.on_evaluation_start()
+        model.score(torch.arange(3))
+    model.to("meta")
+    for module in model.modules():
+        for key, value in vars(module).items():
+            values = value if isinstance(value, (list, tuple)) else [value]
+            assert not any(isinstance(v, torch.Tensor) for v in values), f"{name}: {type(module).__name__}.{key}"
+    assert all(t.device.type == "meta" for t in [*model.parameters(), *model.buffers()])
+
+
+def test_state_dict_keys_are_the_parameters_only():
+    """Derived graphs and features are non-persistent buffers: the saved state is the learned state
+    (plus VBPR's content and MostPop's popularity, saved since the beginning)."""
+    data = tiny_data()
+    for name in MODELS.names():
+        model = build(name, data)
+        saved = set(model.state_dict())
+        learned = {n for n, _ in model.named_parameters()}
+        assert saved - learned <= {"content", "popularity", "learned_neighbours"}, (name, saved - learned)
+
+
+class RecordingCache:
+    """A GraphCache-like object: what names the models ask for, and that they write nothing."""
+
+    def __init__(self):
+        self.names = []
+
+    def get_or_build(self, name, build):
+        self.names.append(name)
+        return build()
+
+
+def test_models_ask_the_callers_cache_for_their_knn_graphs_by_feature_hash():
+    from mmlib.models.graph import tensor_hash
+
+    data = tiny_data()
+    data.graph_cache = RecordingCache()
+    for name in ("FREEDOM", "DRAGON", "LATTICE", "ItemKNN-CBF"):
+        build(name, data)
+    visual, textual = tensor_hash(data.features["visual"]), tensor_hash(data.features["textual"])
+    names = data.graph_cache.names
+    assert names[:4] == [f"knn_{textual}_k10", f"knn_{visual}_k10"] * 2  # FREEDOM, DRAGON
+    assert names[4:6] == [f"knn_{textual}_k20", f"knn_{visual}_k20"]  # LATTICE
+    assert len(names) == 7 and names[6].startswith("cosknn_")  # ItemKNN-CBF

@@ -1,5 +1,6 @@
 """LATTICE, BM3, FREEDOM, DRAGON: graph caches keyed by the features, hand-checked normalisations and
-formulas, negative-free batches, learned graphs, any modality set, and a planted-structure check."""
+formulas, negative-free batches, learned graphs and any modality set (quality on planted
+structure: tests/test_models_quality.py)."""
 
 from __future__ import annotations
 
@@ -10,19 +11,22 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-import mmlib.models  # noqa: F401  (fills the registry)
+import mmlib.models
+from mmlib.cache import GraphCache, save_graph
 from mmlib.errors import MmlibError
 from mmlib.models import graph
 from mmlib.models.base import Batch, TrainData, bpr_loss
 from mmlib.models.bm3 import BM3
 from mmlib.models.dragon import co_user_graph
-from mmlib.models.freedom import resolve_modality_weights
+from mmlib.models.graph import resolve_modality_weights
 from mmlib.models.lattice import LATTICE
 from mmlib.registry import MODELS
-from mmlib.train import TrainSpec, UniformSampler, fit, seed_everything, train_and_select
+from mmlib.train import TrainSpec, UniformSampler, fit, seed_everything
 from tests.conftest import random_interactions
 
 NAMES = ["LATTICE", "BM3", "FREEDOM", "DRAGON"]
+
+mmlib.models.load_all()  # registers every model class
 DIMS = {"visual": 12, "textual": 7, "audio": 5}
 
 
@@ -41,7 +45,8 @@ def make_data(modalities=("visual", "textual"), cache_dir=None, n_users=40, n_it
     features = {m: torch.rand(n_items, DIMS[m], generator=gen) for m in modalities}
     train = random_interactions(n_users=n_users, n_items=n_items, per_user=5, seed=seed)
     return TrainData(n_users=n_users, n_items=n_items, train=train, features=features,
-                     masks={m: torch.ones(n_items, dtype=torch.bool) for m in features}, cache_dir=cache_dir)
+                     masks={m: torch.ones(n_items, dtype=torch.bool) for m in features},
+                     graph_cache=None if cache_dir is None else GraphCache(cache_dir))
 
 
 def build(name, data, seed=0, **params):
@@ -63,12 +68,12 @@ def test_frozen_knn_graphs_are_cached_under_the_feature_hash(tmp_path):
     textual_file = tmp_path / f"knn_{graph.tensor_hash(data.features['textual'])}_k10.npz"
     visual_file = tmp_path / f"knn_{graph.tensor_hash(data.features['visual'])}_k10.npz"
     assert sorted(tmp_path.glob("knn_*.npz")) == sorted([textual_file, visual_file])
-    assert not torch.allclose(first.item_graph.to_dense().diagonal(), torch.tensor(0.9 + 0.1 / 10))
+    assert not torch.allclose(first.item_graph.matrix().to_dense().diagonal(), torch.tensor(0.9 + 0.1 / 10))
 
     # a second build with the same features reads the cached file: plant an identity graph there
-    graph.save_graph(textual_file, sp.identity(30, dtype=np.float32, format="csr"))
+    save_graph(textual_file, sp.identity(30, dtype=np.float32, format="csr"))
     second = build("FREEDOM", data)
-    assert torch.allclose(second.item_graph.to_dense().diagonal(), torch.tensor(0.9 + 0.1 / 10))
+    assert torch.allclose(second.item_graph.matrix().to_dense().diagonal(), torch.tensor(0.9 + 0.1 / 10))
     assert len(list(tmp_path.glob("knn_*.npz"))) == 2
 
     # different features: a different file, a freshly computed graph (the anchor's stale-cache bug)
@@ -76,8 +81,8 @@ def test_frozen_knn_graphs_are_cached_under_the_feature_hash(tmp_path):
     changed.features["textual"] = changed.features["textual"] + 1e-3
     third = build("FREEDOM", changed)
     assert len(list(tmp_path.glob("knn_*.npz"))) == 3
-    fresh = graph.fused_knn_graph(changed.features, third.modality_weights, 10, cache_dir=None)
-    assert torch.allclose(third.item_graph.to_dense(), torch.as_tensor(fresh.toarray()))
+    fresh = graph.fused_knn_graph(changed.features, third.modality_weights, 10, cache=None)
+    assert torch.allclose(third.item_graph.matrix().to_dense(), torch.as_tensor(fresh.toarray()))
 
     # LATTICE's k = 20 graphs get their own files, and are read back the same way
     build("LATTICE", data)
@@ -85,7 +90,7 @@ def test_frozen_knn_graphs_are_cached_under_the_feature_hash(tmp_path):
     lattice_file = tmp_path / f"knn_{graph.tensor_hash(data.features['visual'])}_k20.npz"
     shifted = (np.arange(30)[:, None] + np.arange(20)[None, :]) % 30  # item i -> i, i+1, ..., i+19
     planted = sp.csr_matrix((np.ones(600, np.float32), (np.repeat(np.arange(30), 20), shifted.ravel())), shape=(30, 30))
-    graph.save_graph(lattice_file, planted)
+    save_graph(lattice_file, planted)
     lattice = build("LATTICE", data)
     visual = lattice.modalities.index("visual")
     pattern = (lattice.original[visual].to_dense() != 0).numpy()
@@ -109,14 +114,14 @@ def test_freedom_item_graph_is_the_documented_weighted_sum_of_normalised_knn_gra
                              [0.05, 0.50, 0.00, 0.45],
                              [0.45, 0.00, 0.50, 0.05],
                              [0.00, 0.45, 0.05, 0.50]])
-    dense = model.item_graph.to_dense()
+    dense = model.item_graph.matrix().to_dense()
     assert torch.allclose(dense, expected)
     assert torch.allclose(dense, dense.T)  # symmetric here because both kNN graphs are mutual
     assert torch.allclose(dense.sum(1), torch.ones(4))
 
     # the same through graph.symmetric_normalise on any kNN graph: row-stochastic with weights w/k
     data3 = make_data(("visual", "textual", "audio"))
-    fused = build("FREEDOM", data3).item_graph.to_dense()
+    fused = build("FREEDOM", data3).item_graph.matrix().to_dense()
     assert torch.allclose(fused.sum(1), torch.ones(30), atol=1e-6)
     assert set(np.unique(np.round(fused.numpy() * 30, 4))) <= {0.0, 1.0, 2.0, 3.0}  # multiples of (1/3)/10
 
@@ -128,29 +133,31 @@ def test_freedom_modality_weight_rule():
     assert three == pytest.approx({"audio": 1 / 3, "textual": 1 / 3, "visual": 1 / 3})
     given = resolve_modality_weights("FREEDOM", ["visual", "textual"], {"visual": 1, "textual": 3})
     assert given == {"visual": 0.25, "textual": 0.75}
-    for bad in ({"visual": 1.0}, {"visual": 1.0, "textual": 1.0, "audio": 1.0}, {"visual": -1.0, "textual": 2.0}):
+    for bad in ({"visual": 1.0}, {"visual": 1.0, "textual": 1.0, "audio": 1.0}):  # not the modalities used
         with pytest.raises(MmlibError, match="modality_weights"):
             resolve_modality_weights("FREEDOM", ["visual", "textual"], bad)
     with pytest.raises(MmlibError, match="modality_weights"):
         build("DRAGON", make_data(), modality_weights={"visual": 1.0})
+    with pytest.raises(MmlibError, match="modality_weights"):  # negative weights: refused by the Params
+        build("FREEDOM", make_data(), modality_weights={"visual": -1.0, "textual": 2.0})
 
 
 def test_freedom_prunes_the_training_graph_every_epoch_and_scores_on_the_full_graph():
     data = make_data()
     model = build("FREEDOM", data)
     model.on_epoch_start(1)
-    first = model.train_adj.to_dense()
+    first = model.train_adj.matrix().to_dense()
     kept = int(data.train.nnz * (1 - 0.8))  # 39 of 200: (1 - 0.8) is 0.1999..., truncated as the anchor does
     assert kept == 39
     assert int((first != 0).sum()) == 2 * kept  # both directions of the kept edges
     model.on_epoch_start(2)
-    assert not torch.equal(first, model.train_adj.to_dense())
+    assert not torch.equal(first, model.train_adj.matrix().to_dense())
     # scores: LightGCN(2) on the full normalised graph, items + S E_item
     full = torch.as_tensor(graph.bipartite_adjacency(data.train).toarray())
     ego = torch.cat([model.user_emb.weight, model.item_emb.weight]).detach()
     layers = [ego, full @ ego, full @ full @ ego]
     mean = torch.stack(layers).mean(0)
-    users, items = mean[:40], mean[40:] + model.item_graph.to_dense() @ model.item_emb.weight.detach()
+    users, items = mean[:40], mean[40:] + model.item_graph.matrix().to_dense() @ model.item_emb.weight.detach()
     with torch.inference_mode():
         model.on_evaluation_start()
         scores = model.score(torch.arange(40))
@@ -159,12 +166,12 @@ def test_freedom_prunes_the_training_graph_every_epoch_and_scores_on_the_full_gr
 
 def test_freedom_loss_is_bpr_plus_the_projected_feature_bpr_terms():
     data = make_data()
-    model = build("FREEDOM", data, drop=0.0, l_w=0.3)  # drop 0: the training graph is the full graph
+    model = build("FREEDOM", data, edge_dropout=0.0, feature_bpr_weight=0.3)  # the training graph is the full graph
     batch = a_batch(data)
     full = torch.as_tensor(graph.bipartite_adjacency(data.train).toarray())
     ego = torch.cat([model.user_emb.weight, model.item_emb.weight]).detach()
     mean = torch.stack([ego, full @ ego, full @ full @ ego]).mean(0)
-    users, items = mean[:40], mean[40:] + model.item_graph.to_dense() @ model.item_emb.weight.detach()
+    users, items = mean[:40], mean[40:] + model.item_graph.matrix().to_dense() @ model.item_emb.weight.detach()
     u, i, j = users[batch.users], items[batch.pos], items[batch.neg]
     expected = bpr_loss((u * i).sum(1), (u * j).sum(1))
     for index, modality in enumerate(model.modalities):
@@ -322,47 +329,3 @@ def test_runs_with_one_two_or_three_modalities_of_different_dims(name, modalitie
     # choosing a subset through params works too
     subset = build(name, data, modalities=[modalities[-1]])
     assert subset.modalities == [modalities[-1]]
-
-
-# -------------------------------------------------------------------------- planted-structure check
-
-def planted(seed=0, n_clusters=3, users_per=30, items_per=16, per_user=8):
-    """Users of cluster c interact with 8 items of cluster c (plus one stray item); 2 of them are
-    held out for test, 1 for validation. Every modality's features are the item's cluster centre
-    plus noise, so content reveals the clusters."""
-    rng = np.random.default_rng(seed)
-    n_users, n_items = n_clusters * users_per, n_clusters * items_per
-    cluster = np.repeat(np.arange(n_clusters), items_per)
-    parts = {"train": [], "val": [], "test": []}
-    for u in range(n_users):
-        own = rng.choice(np.flatnonzero(cluster == u // users_per), per_user, replace=False)
-        stray = rng.choice(np.flatnonzero(cluster != u // users_per), 1)
-        parts["test"] += [(u, i) for i in own[:2]]
-        parts["val"].append((u, own[2]))
-        parts["train"] += [(u, i) for i in [*own[3:], *stray]]
-    mats = {}
-    for key, pairs in parts.items():
-        rows, cols = zip(*pairs)
-        mats[key] = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(n_users, n_items))
-    features = {}
-    for modality, dim in (("visual", 6), ("textual", 10)):
-        centres = rng.normal(size=(n_clusters, dim))
-        features[modality] = torch.tensor(centres[cluster] + 0.3 * rng.normal(size=(n_items, dim)), dtype=torch.float32)
-    data = TrainData(n_users=n_users, n_items=n_items, train=mats["train"], features=features)
-    return data, mats["val"], mats["test"]
-
-
-@pytest.fixture(scope="module")
-def planted_problem():
-    data, val, test = planted()
-    spec = TrainSpec(epochs=20, batch_size=64, eval_every=10, cutoffs=[10, 20], seed=1, lr=0.01)
-    mostpop = train_and_select("MostPop", [{}], spec, data, val, test).test.mean()["Recall@10"]
-    return data, val, test, spec, mostpop
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_beats_mostpop_on_planted_clusters(name, planted_problem):
-    data, val, test, spec, mostpop = planted_problem
-    assert mostpop == pytest.approx(0.2333, abs=1e-3)  # popularity ignores the clusters
-    recall = train_and_select(name, [{}], spec, data, val, test).test.mean()["Recall@10"]
-    assert recall >= 0.75 and recall > mostpop + 0.4, (name, recall, mostpop)

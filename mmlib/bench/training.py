@@ -93,6 +93,7 @@ def time_model(model_name: str, out: Path, epochs: int, threads: int) -> dict:
     """One cell, in its own process: build, train `epochs` epochs, evaluate all users twice."""
     import torch
 
+    from mmlib.cache import GraphCache
     from mmlib.data import Dataset
     from mmlib.models.base import TrainData
     from mmlib.registry import MODELS
@@ -109,7 +110,7 @@ def time_model(model_name: str, out: Path, epochs: int, threads: int) -> dict:
     cls = MODELS.get(model_name)
     data = TrainData(dataset.n_users, dataset.n_items, dataset.matrix("train"),
                      features=random_features(dataset.n_items) if cls.modalities_needed != "none" else {},
-                     cache_dir=out / "cache")
+                     graph_cache=GraphCache(out / "cache"))
     spec = TrainSpec(batch_size=2048, lr=1e-3, cutoffs=[20], eval_chunk=4096)
     generator = seed_everything(0)
     started = time.perf_counter()

@@ -1,14 +1,24 @@
 """The Recommender contract: a model is hyper-parameters, a loss on a batch and a score matrix.
 
 Everything else (sampling, optimiser, epochs, validation, selection, seeds, device) lives once, in
-`mmlib.train`. Models know tensors and graphs only: they never import the trainer or the data layer.
+`mmlib.train`. Models know tensors and graphs only: they never import the trainer or the data layer,
+and they never write files (a graph cache, when there is one, is the caller's: `TrainData.graph_cache`).
+
+A model is a card and a class. The card (`mmlib.models.cards`, torch-free) names it and documents
+its hyper-parameters (`Params`), its sampling and the modalities it needs; the class implements
+`loss` and `score` and names its card, which registers it in `mmlib.registry.MODELS`:
+
+    class LightGCN(LightGCNBase, card="LightGCN"): ...
+
+Shared pieces live here and in `mmlib.models.graph`, never in another model's module: the losses
+(`bpr_loss`, `info_nce`, the embedding penalties) and `LightGCNBase`, the LightGCN encoder that
+LightGCN, SGL and SimGCL extend.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -18,6 +28,18 @@ from torch import nn
 
 from mmlib.config import from_mapping
 from mmlib.errors import MmlibError
+from mmlib.models import cards
+from mmlib.models.cards import ModelCard, NoParams
+from mmlib.models.graph import (
+    GraphCacheLike,
+    SparsePattern,
+    bipartite_adjacency,
+    propagate,
+)
+from mmlib.registry import MODELS
+
+__all__ = ["Batch", "GraphCacheLike", "LightGCNBase", "Recommender", "TrainData", "bpr_loss",
+           "embedding_penalty", "info_nce", "l2_penalty", "norm_penalty"]
 
 
 @dataclass
@@ -30,7 +52,8 @@ class TrainData:
     features: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)  # modality -> (n_items, d)
     masks: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)  # modality -> (n_items,) bool
     device: torch.device = torch.device("cpu")
-    cache_dir: Path | None = None  # where derived structures (kNN graphs) may be cached by input hash
+    # Where derived graphs (kNN item graphs) may be kept by input hash; None: built every time.
+    graph_cache: GraphCacheLike | None = None
 
     def item_popularity(self) -> torch.Tensor:
         return torch.as_tensor(np.asarray(self.train.sum(axis=0)).ravel(), dtype=torch.float32)
@@ -45,15 +68,13 @@ class Batch:
     neg: torch.Tensor | None  # None for models with sampling = "positive"
 
 
-@dataclass
-class NoParams:
-    """For models without hyper-parameters."""
-
-
 class Recommender(nn.Module):
-    """Base class. Subclasses set `Params` (a dataclass whose defaults are the paper's), the
-    modalities they need, and implement `loss` and `score`."""
+    """Base class. A subclass names its card (`class X(Recommender, card="X")`), which gives it
+    `Params` (a dataclass whose defaults are the paper's), `sampling` and `modalities_needed`, and
+    registers it under the card's name; it implements `loss` and `score`."""
 
+    card: ClassVar[ModelCard | None] = None
+    registered_name: ClassVar[str]
     Params: ClassVar[type] = NoParams
     # "none": uses no features; "any": at least one modality, uses all given (or `params.modalities`).
     modalities_needed: ClassVar[Literal["none", "any"]] = "none"
@@ -61,11 +82,29 @@ class Recommender(nn.Module):
     # (negative-free models such as BM3); "none": nothing to train (MostPop, ItemKNN).
     sampling: ClassVar[Literal["bpr", "positive", "none"]] = "bpr"
 
+    def __init_subclass__(cls, card: str | None = None, **kwargs):
+        """`card="Name"`: take Params, sampling and modalities_needed from that card (the one
+        place they are declared) and register the class in `MODELS` under the card's name."""
+        super().__init_subclass__(**kwargs)
+        if card is None:
+            return
+        model_card = cards.card(card)
+        if cls.__module__ != model_card.module:
+            raise TypeError(f"Model {card}: its card names module {model_card.module!r}, but the class "
+                            f"{cls.__qualname__} is defined in {cls.__module__!r}; fix the card's module.")
+        cls.card = model_card
+        cls.Params = model_card.Params
+        cls.sampling = model_card.sampling
+        cls.modalities_needed = model_card.modalities_needed
+        MODELS.register(model_card.name)(cls)
+
     def __init__(self, params, data: TrainData):
         super().__init__()
-        # the declared ranges hold for models built in code too, not only from params files
+        # the declared ranges, choices and rules (the card's Params) hold for models built in code
+        # too, not only from params files
+        name = getattr(type(self), "registered_name", type(self).__name__)
         from_mapping(type(params), {f.name: getattr(params, f.name) for f in dataclasses.fields(params)},
-                     f"{type(self).__name__}.Params")
+                     f"{name}.Params")
         self.params = params
         self.n_users = data.n_users
         self.n_items = data.n_items
@@ -108,6 +147,10 @@ class Recommender(nn.Module):
         self._scoring_cache = None
         return super().load_state_dict(*args, **kwargs)
 
+    def _apply(self, fn, *args, **kwargs):
+        self._scoring_cache = None  # computed on the old device (or dtype): `.to()` drops it
+        return super()._apply(fn, *args, **kwargs)
+
     # -- helpers for subclasses --------------------------------------------------------------------
     @classmethod
     def select_features(cls, data: TrainData, wanted: list[str] | None) -> dict[str, torch.Tensor]:
@@ -125,6 +168,14 @@ class Recommender(nn.Module):
                 f"(params: extractors) or choose a model that uses no features."
             )
         return {m: data.features[m] for m in chosen}
+
+
+def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Mean over rows of -log softmax_j(cos(a_i, b_j) / tau)[i]: row i of b is a_i's positive, the
+    other rows its negatives (SGL's and SimGCL's contrastive term, in-batch negatives)."""
+    a, b = nn.functional.normalize(a, dim=1), nn.functional.normalize(b, dim=1)
+    logits = a @ b.T / temperature
+    return nn.functional.cross_entropy(logits, torch.arange(len(a), device=a.device))
 
 
 def bpr_loss(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> torch.Tensor:
@@ -153,3 +204,46 @@ REG_FORMS = {"squared": l2_penalty, "norm": norm_penalty}
 def embedding_penalty(form: str, *tensors: torch.Tensor) -> torch.Tensor:
     """The embedding regulariser named by a model's `reg_form` parameter."""
     return REG_FORMS[form](*tensors)
+
+
+class LightGCNBase(Recommender):
+    """The LightGCN encoder and loss (He et al., SIGIR 2020), shared by LightGCN, SGL and SimGCL:
+    ID embeddings `user_emb`, `item_emb` (Xavier), propagated `params.n_layers` times on the
+    normalised bipartite training graph `adj` (mean of E^(0..L)); x_ui = <e_u, e_i>; loss BPR +
+    `params.l_w` * the `params.reg_form` penalty on the batch's ego (layer-0) embeddings.
+    The propagated embeddings are computed once per training step and, for evaluation, once per
+    full-ranking pass (`scoring_state`), then reused by every block of users."""
+
+    def __init__(self, params, data: TrainData):
+        super().__init__(params, data)
+        self.user_emb = nn.Embedding(data.n_users, params.factors)
+        self.item_emb = nn.Embedding(data.n_items, params.factors)
+        nn.init.xavier_uniform_(self.user_emb.weight)
+        nn.init.xavier_uniform_(self.item_emb.weight)
+        # Derived from the training matrix: moves with the model, not part of the saved state.
+        self.adj = SparsePattern(bipartite_adjacency(data.train), data.device)
+
+    # -- embeddings ------------------------------------------------------------------------------
+    def ego(self) -> torch.Tensor:
+        return torch.cat([self.user_emb.weight, self.item_emb.weight])
+
+    def split(self, nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return nodes[: self.n_users], nodes[self.n_users:]
+
+    def embeddings(self, adj: SparsePattern | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final (user, item) embeddings propagated on `adj` (default: the full training graph)."""
+        return self.split(propagate(self.adj if adj is None else adj, self.ego(), self.params.n_layers))
+
+    # -- the contract ----------------------------------------------------------------------------
+    def ranking_loss(self, batch: Batch, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """BPR on the propagated embeddings + l_w * the penalty on the batch's ego embeddings."""
+        u, i, j = users[batch.users], items[batch.pos], items[batch.neg]
+        ranking = bpr_loss((u * i).sum(-1), (u * j).sum(-1))
+        ego = (self.user_emb(batch.users), self.item_emb(batch.pos), self.item_emb(batch.neg))
+        return ranking + self.params.l_w * embedding_penalty(self.params.reg_form, *ego)
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        return self.ranking_loss(batch, *self.embeddings())
+
+    def scoring_state(self):
+        return self.embeddings()

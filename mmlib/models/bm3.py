@@ -2,11 +2,11 @@
 
 Negative-free: batches are (user, positive item) pairs only (`sampling = "positive"`).
 - Online embeddings: LightGCN(n_layers) on the symmetric-normalised user-item graph; the item keeps
-  an ID skip, i = LightGCN(i) + e_i. Per modality, m_i = W_m f_i (Linear to `multimod_factors`).
+  an ID skip, i = LightGCN(i) + e_i. Per modality, m_i = W_m f_i (Linear to `factors_multimod`).
 - Target views: the online embeddings with dropout (p = `dropout`), detached — no EMA network.
 - A shared predictor p (Linear factors -> factors) maps the online views; with
   c(a, b) = 1 - cos(a, b), batch-averaged:
-  loss = c(p(u), i~) + c(p(i), u~) + reg_weight * (|U_b| + |I_b|) / batch
+  loss = c(p(u), i~) + c(p(i), u~) + l_w * (|U_b| + |I_b|) / batch
          + cl_weight * sum_m [c(p(m_i), i~) + c(p(m_i), m~_i)]
   where ~ marks a target view, |.| the Frobenius norm of the batch's online user/item embeddings
   (the authors' EmbLoss: norms, not squared norms).
@@ -15,21 +15,19 @@ Negative-free: batches are (user, positive item) pairs only (`sampling = "positi
 Differences from the anchors: the raw features are fixed buffers (the anchors fine-tune a copy),
 the projections are applied to the batch's items only (the anchor projects every item and indexes),
 and any number of modalities contributes its two terms to the sum (the anchor hard-codes two).
+The graph products are `torch.sparse.mm` on the CSR matrix, whose summation order the released
+numbers were computed with. Hyper-parameters: the card "BM3" in `mmlib.models.cards` (`BM3Params`;
+the paper's `multimod_factors` and `reg_weight` are `factors_multimod` and `l_w` here).
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mmlib.config import param
-from mmlib.errors import MmlibError
 from mmlib.models import graph
 from mmlib.models.base import Batch, Recommender, TrainData
-from mmlib.registry import MODELS
 
 
 def cosine_gap(online: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -37,50 +35,29 @@ def cosine_gap(online: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 1.0 - F.cosine_similarity(online, target.detach(), dim=-1).mean()
 
 
-@MODELS.register("BM3")
-class BM3(Recommender):
-    modalities_needed = "any"
-    sampling = "positive"
-
-    @dataclass
-    class Params:
-        factors: int = param(64, ge=1)  # user and item ID embedding size
-        multimod_factors: int = param(64, ge=1)  # projected feature size; must equal factors (compared with items)
-        reg_weight: float = param(0.1, ge=0)  # weight of the embedding-norm regulariser
-        cl_weight: float = param(2.0, ge=0)  # weight of the modality alignment and masking terms
-        dropout: float = param(0.3, ge=0, lt=1)  # dropout that makes the target views
-        n_layers: int = param(2, ge=0)  # LightGCN layers on the user-item graph
-        modalities: list[str] | None = None  # None: every modality the features have
-
-    def __init__(self, params: Params, data: TrainData):
+class BM3(Recommender, card="BM3"):
+    def __init__(self, params, data: TrainData):
         super().__init__(params, data)
-        name = self.registered_name
-        if params.multimod_factors != params.factors:
-            raise MmlibError(f"Model {name}: multimod_factors ({params.multimod_factors}) must equal "
-                             f"factors ({params.factors}): projected features are compared with item embeddings.")
-        if not 0.0 <= params.dropout < 1.0:
-            raise MmlibError(f"Model {name}: dropout must be in [0, 1), got {params.dropout}.")
         features = self.select_features(data, params.modalities)
         self.modalities = list(features)
         for index, modality in enumerate(self.modalities):  # fixed inputs: not in the state dict
             self.register_buffer(f"feat_{index}", features[modality].float(), persistent=False)
-        self.adj = graph.to_torch_sparse(graph.bipartite_adjacency(data.train), data.device)
+        self.adj = graph.SparseMatrix(graph.bipartite_adjacency(data.train), data.device)
         self.user_emb = nn.Embedding(data.n_users, params.factors)
         self.item_emb = nn.Embedding(data.n_items, params.factors)
         nn.init.xavier_uniform_(self.user_emb.weight)
         nn.init.xavier_uniform_(self.item_emb.weight)
         self.projections = nn.ModuleList(
-            nn.Linear(features[m].shape[1], params.multimod_factors) for m in self.modalities)
+            nn.Linear(features[m].shape[1], params.factors_multimod) for m in self.modalities)
         self.predictor = nn.Linear(params.factors, params.factors)
         nn.init.xavier_uniform_(self.predictor.weight)
         for projection in self.projections:
             nn.init.xavier_uniform_(projection.weight)
 
     def _online(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.adj.device != self.user_emb.weight.device:
-            self.adj = self.adj.to(self.user_emb.weight.device)
         ego = torch.cat([self.user_emb.weight, self.item_emb.weight])
-        users, items = graph.propagate(self.adj, ego, self.params.n_layers).split([self.n_users, self.n_items])
+        users, items = graph.propagate(self.adj.matrix(), ego, self.params.n_layers).split(
+            [self.n_users, self.n_items])
         return users, items + self.item_emb.weight
 
     def loss(self, batch: Batch) -> torch.Tensor:
@@ -91,7 +68,7 @@ class BM3(Recommender):
             u_target = F.dropout(u, p.dropout)
             i_target = F.dropout(i, p.dropout)
         total = cosine_gap(self.predictor(u), i_target) + cosine_gap(self.predictor(i), u_target)
-        total = total + p.reg_weight * (u.norm() + i.norm()) / len(batch.users)
+        total = total + p.l_w * (u.norm() + i.norm()) / len(batch.users)
         modal = torch.zeros((), device=u.device)
         for index, projection in enumerate(self.projections):
             m = projection(getattr(self, f"feat_{index}")[batch.pos])

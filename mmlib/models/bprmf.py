@@ -3,31 +3,19 @@
 x_ui = <gamma_u, gamma_i>; loss = softplus(x_uj - x_ui) + l_w * 0.5 * ||(gamma_u, gamma_i, gamma_j)||^2 / batch,
 the Elliot form used by the paper (factors 64; grid lr x l_w in params/models/BPRMF.yaml).
 `reg_form: norm` swaps the penalty for MMRec's EmbLoss, l_w * sum of |E|_F / batch (unsquared).
+Hyper-parameters: the card "BPRMF" in `mmlib.models.cards` (`BPRMFParams`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import torch
 from torch import nn
 
-from mmlib.config import param
 from mmlib.models.base import Batch, Recommender, TrainData, bpr_loss, embedding_penalty
-from mmlib.registry import MODELS
 
 
-@MODELS.register("BPRMF")
-class BPRMF(Recommender):
-    @dataclass
-    class Params:
-        factors: int = param(64, ge=1)  # embedding size
-        l_w: float = param(1e-5, ge=0)  # L2 weight on the batch's embeddings
-        # "squared": Elliot's 0.5 |E|^2 / batch; "norm": MMRec's |E| / batch
-        reg_form: Literal["squared", "norm"] = "squared"
-
-    def __init__(self, params: Params, data: TrainData):
+class BPRMF(Recommender, card="BPRMF"):
+    def __init__(self, params, data: TrainData):
         super().__init__(params, data)
         self.user_emb = nn.Embedding(data.n_users, params.factors)
         self.item_emb = nn.Embedding(data.n_items, params.factors)

@@ -3,7 +3,8 @@ Multimodal Recommendation").
 
 Two homogeneous graphs, both frozen, plus one heterogeneous graph per modality:
 - item-item: FREEDOM's graph, S = sum_m w_m A_m / k from each modality's top-k cosine graph of the
-  raw features (`graph.fused_knn_graph`, cached under the feature hash; weights as FREEDOM's rule);
+  raw features (`graph.fused_knn_graph`, named by the feature hash for the caller's graph cache;
+  weights by FREEDOM's rule, `graph.resolve_modality_weights`);
 - user-user: for every user the `user_k` users sharing the most training items with them (counts
   from R R^T, computed block by block from sparse products: never a dense users x users matrix),
   weighted by a softmax of those counts (`co_user_graph`);
@@ -11,8 +12,8 @@ Two homogeneous graphs, both frozen, plus one heterogeneous graph per modality:
   c_i = MLP_2(leaky_relu(MLP_1(f_i))) (d_m -> 4 factors -> factors), user preference P_u (learned);
   x = normalize([P; c]) (rows), x_m = x + G x + G^2 x (n_layers = 2 additive rounds).
 Attentive concatenation: item = [x_1,i, ..., x_M,i], user = [a_u1 x_1,u, ..., a_uM x_M,u] with
-per-user softmax weights a_u (learned). Then item += S^n_mm_layers item, user += U user (U the
-user-user graph). x_ui = <user, item>.
+per-user softmax weights a_u (learned). Then item += S^n_item_layers item (the anchor's
+`n_mm_layers`), user += U user (U the user-user graph). x_ui = <user, item>.
 Loss = BPR / ln 2 (the authors' -log2 sigmoid) + l_w * (sum_m mean(P_m[batch users]^2) + mean(L^2)), with L
 the (n_users x M) attention logits behind a_u = softmax(L_u).
 
@@ -21,13 +22,14 @@ anchor pads the list by drawing duplicates at random, which re-weights them by c
 co-interaction count go to the lower user index, so the graph is a deterministic function of the
 training matrix; the graph caches are keyed by the feature hash; the unused modality-dropout edge
 set of the anchor is left out. DRAGON is not in the paper's grid: params/models/DRAGON.yaml gives it
-the paper's pattern (5 lr x 2 l_w) and the authors' grid for the mmrec protocol.
+the paper's pattern (5 lr x 2 l_w) and the authors' grid for the mmrec protocol. The graph products
+are `torch.sparse.mm` on the CSR matrices, whose summation order the released numbers were computed
+with. Hyper-parameters: the card "DRAGON" in `mmlib.models.cards` (`DRAGONParams`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
@@ -35,12 +37,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mmlib.config import param
-from mmlib.errors import MmlibError
 from mmlib.models import graph
 from mmlib.models.base import Batch, Recommender, TrainData, bpr_loss
-from mmlib.models.freedom import resolve_modality_weights
-from mmlib.registry import MODELS
 
 
 def co_user_graph(train: sp.spmatrix, k: int, block_size: int = 2048) -> sp.csr_matrix:
@@ -74,35 +72,18 @@ def co_user_graph(train: sp.spmatrix, k: int, block_size: int = 2048) -> sp.csr_
                          shape=(n, n))
 
 
-@MODELS.register("DRAGON")
-class DRAGON(Recommender):
-    modalities_needed = "any"
-
-    @dataclass
-    class Params:
-        factors: int = param(64, ge=1)  # per-modality representation size (user preference and item content)
-        l_w: float = param(1e-3, ge=0)  # weight of the preference / attention regulariser (authors' best on Baby)
-        n_layers: int = param(2, ge=0)  # additive propagation rounds on the user-item graph
-        n_mm_layers: int = param(1, ge=0)  # item-item graph layers
-        top_k: int = param(10, ge=1)  # neighbours per item in each modality's kNN graph
-        user_k: int = param(40, ge=1)  # co-users per user in the user-user graph
-        modality_weights: dict[str, float] | None = None  # None: 0.1/0.9 for visual/textual, else equal
-        modalities: list[str] | None = None  # None: every modality the features have
-
-    def __init__(self, params: Params, data: TrainData):
+class DRAGON(Recommender, card="DRAGON"):
+    def __init__(self, params, data: TrainData):
         super().__init__(params, data)
-        name = self.registered_name
-        for key in ("factors", "top_k", "user_k"):
-            if getattr(params, key) < 1:
-                raise MmlibError(f"Model {name}: {key} must be >= 1, got {getattr(params, key)}.")
         features = self.select_features(data, params.modalities)
         self.modalities = list(features)
-        weights = resolve_modality_weights(name, self.modalities, params.modality_weights)
+        weights = graph.resolve_modality_weights(self.registered_name, self.modalities, params.modality_weights)
         device = data.device
-        self.item_graph = graph.to_torch_sparse(
-            graph.fused_knn_graph(features, weights, params.top_k, data.cache_dir), device)
-        self.user_graph = graph.to_torch_sparse(co_user_graph(data.train, params.user_k), device)
-        self.adj = graph.to_torch_sparse(graph.bipartite_adjacency(data.train), device)
+        # Derived, fixed graphs: buffers that move with the model and are not saved.
+        self.item_graph = graph.SparseMatrix(
+            graph.fused_knn_graph(features, weights, params.top_k, data.graph_cache), device)
+        self.user_graph = graph.SparseMatrix(co_user_graph(data.train, params.user_k), device)
+        self.adj = graph.SparseMatrix(graph.bipartite_adjacency(data.train), device)
         for index, modality in enumerate(self.modalities):  # fixed inputs: not in the state dict
             self.register_buffer(f"feat_{index}", features[modality].float(), persistent=False)
         hidden = 4 * params.factors
@@ -117,16 +98,8 @@ class DRAGON(Recommender):
             for _ in self.modalities)
         self.attention = nn.Parameter(nn.init.xavier_normal_(torch.empty(data.n_users, len(self.modalities))))
 
-    def _to_device(self, name: str, device: torch.device) -> torch.Tensor:
-        matrix = getattr(self, name)
-        if matrix.device != device:
-            matrix = matrix.to(device)
-            setattr(self, name, matrix)
-        return matrix
-
     def _embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
-        device = self.attention.device
-        adj = self._to_device("adj", device)
+        adj = self.adj.matrix()
         users, items = [], []
         for index, encoder in enumerate(self.encoders):
             content = encoder(getattr(self, f"feat_{index}"))
@@ -140,12 +113,12 @@ class DRAGON(Recommender):
         attention = torch.softmax(self.attention, dim=1)
         user = torch.cat([attention[:, m:m + 1] * users[m] for m in range(len(users))], dim=1)
         item = torch.cat(items, dim=1)
-        item_graph = self._to_device("item_graph", device)
+        item_graph = self.item_graph.matrix()
         h = item
-        for _ in range(self.params.n_mm_layers):
+        for _ in range(self.params.n_item_layers):
             h = torch.sparse.mm(item_graph, h)
         item = item + h
-        user = user + torch.sparse.mm(self._to_device("user_graph", device), user)
+        user = user + torch.sparse.mm(self.user_graph.matrix(), user)
         return user, item
 
     def loss(self, batch: Batch) -> torch.Tensor:

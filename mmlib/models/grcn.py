@@ -1,6 +1,6 @@
 """GRCN: Graph-Refined Convolutional Network (Wei et al., ACM MM 2020), with the settings of the
-paper's Elliot code (num_layers 2, num_routings 3, factors_multimod 128, weight_mode confid,
-pruning, no activation, fusion concat).
+paper's Elliot code (n_layers 2 — its `num_layers` —, num_routings 3, factors_multimod 128,
+weight_mode confid, pruning, no activation, fusion concat — its `fusion_mode`).
 
 Per modality m (graph refining):
 - item content x_i = normalize(LeakyReLU(W_m f_i^m + b_m)); user prototype p_u = normalize(P_m[u]);
@@ -14,8 +14,9 @@ per-node, per-modality confidence of the message's source node and takes the max
 ("max": max, "mean": mean); `pruning` applies ReLU (edges with negative weight are cut).
 ID graph: h^0 = normalize(E_id), h^(l+1) = normalize(sum_j w_ij h_j^l) ("add"; "mean" divides by the
 degree; LeakyReLU first when `has_act`); the ID representation is sum_l h^l.
-Fusion "concat": user/item vector = [ID representation, modality representations...]; score is the
-dot product; loss softplus BPR + l_w · ½(|E_u|² + |E_i|² + |E_j|² + sum_m |P_m[u]|²) / batch.
+`fusion` "concat": user/item vector = [ID representation, modality representations...] ("id": the
+ID representation only; "mean": the mean of the parts); score is the dot product; loss softplus
+BPR + l_w · ½(|E_u|² + |E_i|² + |E_j|² + sum_m |P_m[u]|²) / batch.
 
 Vectorised on the sparse pattern of the training graph (`graph.SparsePattern`: SDDMM for the
 edge logits, sparse products for the aggregations, `graph.segment_softmax`). Differences
@@ -24,54 +25,23 @@ text-only runs); confidences start at 1 (anchors: Xavier, so every source node w
 are negative in all modalities has its edges cut by the ReLU before training, and those
 confidences never get a gradient); the content regulariser is scaled
 by l_w as well (Elliot adds it unscaled).
+Hyper-parameters: the card "GRCN" in `mmlib.models.cards` (`GRCNParams`).
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 from torch import nn
 
-from mmlib.config import param
-from mmlib.errors import MmlibError
 from mmlib.models.base import Batch, Recommender, TrainData, bpr_loss, l2_penalty
 from mmlib.models.graph import SparsePattern, segment_softmax
-from mmlib.registry import MODELS
 
 
-@MODELS.register("GRCN")
-class GRCN(Recommender):
-    modalities_needed = "any"
-
-    @dataclass
-    class Params:
-        factors: int = param(64, ge=1)  # size of the ID embeddings
-        factors_multimod: int = param(128, ge=1)  # size of the user prototypes and projected item content, per modality
-        num_layers: int = param(2, ge=0)  # layers of the ID graph convolution on the refined graph
-        num_routings: int = param(3, ge=0)  # routing iterations refining the user prototypes
-        aggregation: Literal["add", "mean"] = "add"  # neighbour aggregation in the ID graph
-        weight_mode: Literal["confid", "max", "mean"] = "confid"  # how modality edge scores combine
-        pruning: bool = True  # ReLU on the edge weights (cuts negatively weighted edges)
-        has_act: bool = False  # LeakyReLU after each ID graph layer
-        fusion_mode: Literal["concat", "id", "mean"] = "concat"  # final vectors: concat, ID only, or mean
-        l_w: float = param(1e-5, ge=0)  # L2 weight on the batch's ID embeddings and user prototypes
-        modalities: list[str] | None = None  # None: every modality the features have
-
-    def __init__(self, params: Params, data: TrainData):
+class GRCN(Recommender, card="GRCN"):
+    def __init__(self, params, data: TrainData):
         super().__init__(params, data)
-        if params.num_layers < 0 or params.num_routings < 0:
-            raise MmlibError("GRCN: num_layers and num_routings must be >= 0.")
-        for name, allowed in (("aggregation", ("add", "mean")), ("weight_mode", ("confid", "max", "mean")),
-                              ("fusion_mode", ("concat", "id", "mean"))):
-            if getattr(params, name) not in allowed:
-                raise MmlibError(f"GRCN: {name} {getattr(params, name)!r} is not one of {', '.join(allowed)}.")
-        if params.fusion_mode == "mean" and params.factors != params.factors_multimod:
-            raise MmlibError(f"GRCN: fusion_mode 'mean' needs factors ({params.factors}) equal to "
-                             f"factors_multimod ({params.factors_multimod}); use 'concat' or equal sizes.")
         features = self.select_features(data, params.modalities)
         self.modality_names = sorted(features)
         for index, m in enumerate(self.modality_names):  # by index: names may hold any character
@@ -135,7 +105,7 @@ class GRCN(Recommender):
         weights = self.edge_weights(refined)
         h = nn.functional.normalize(self.id_emb, dim=1)
         total = h
-        for _ in range(self.params.num_layers):
+        for _ in range(self.params.n_layers):
             h = self.id_graph.aggregate(h, weights)
             if self.params.aggregation == "mean":
                 h = h / self.degree[:, None]
@@ -144,7 +114,7 @@ class GRCN(Recommender):
             h = nn.functional.normalize(h, dim=1)
             total = total + h
         id_users, id_items = total.split([self.n_users, self.n_items])
-        fusion = self.params.fusion_mode
+        fusion = self.params.fusion
         if fusion == "id":
             return id_users, id_items
         user_parts = [id_users] + [r["users"] for r in refined]

@@ -8,46 +8,31 @@ x_uj = sum_{i in N_k(j)} r_ui s_ij, i.e. scores = R·S where column j of S holds
 This is the collaborative ItemKNN of Elliot (the paper's framework), not MMRec's content-based
 ItemKNNCBF (which uses the item features). The item-item graph is built block by block from sparse
 products (`graph.sparse_cosine_topk`): no dense items x items matrix beyond one block of rows.
+The neighbourhoods are scipy matrices (no tensors): scores are computed on the CPU and returned on
+the device of the users asked for. Hyper-parameters: the card "ItemKNN" in `mmlib.models.cards`
+(`ItemKNNParams`).
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
-from mmlib.config import param
-from mmlib.errors import MmlibError
 from mmlib.models.base import Recommender, TrainData
 from mmlib.models.graph import sparse_cosine_topk
-from mmlib.registry import MODELS
 
 
-@MODELS.register("ItemKNN")
-class ItemKNN(Recommender):
-    sampling = "none"
-
-    @dataclass
-    class Params:
-        k: int = param(50, ge=1)  # neighbours kept per item
-        shrink: float = param(0.0, ge=0)  # added to the cosine denominator; damps similarities from few co-users
-        block_size: int = param(1024, ge=1)  # item rows per block while building the graph (memory vs speed)
-
-    def __init__(self, params: Params, data: TrainData):
+class ItemKNN(Recommender, card="ItemKNN"):
+    def __init__(self, params, data: TrainData):
         super().__init__(params, data)
-        if params.k < 1 or params.shrink < 0 or params.block_size < 1:
-            raise MmlibError(f"ItemKNN: k ({params.k}) and block_size ({params.block_size}) must be "
-                             f"positive and shrink ({params.shrink}) non-negative.")
         train = sp.csr_matrix(data.train, dtype=np.float32)
         train.data[:] = 1.0
         self.interactions = train  # not `self.train`: that is nn.Module.train()
         # Row j of `neighbours` holds the neighbours of item j; S = neighbours^T.
         neighbours = sparse_cosine_topk(train.T, params.k, params.shrink, params.block_size)
         self.similarity = neighbours.T.tocsr()
-        self.output_device = data.device
 
     def score(self, users: torch.Tensor) -> torch.Tensor:
         rows = self.interactions[users.cpu().numpy()]
-        return torch.from_numpy((rows @ self.similarity).toarray()).to(self.output_device)
+        return torch.from_numpy((rows @ self.similarity).toarray()).to(users.device)

@@ -2,15 +2,16 @@
 
 Item-item graph per modality m, over the item ID embeddings:
 - original graph: top-k cosine neighbours of the raw features (the item itself included; indices
-  from `graph.knn_graph`, cached on disk under the feature hash), weighted by their cosine,
-  normalised D^-1/2 S D^-1/2 (D = row sums); frozen;
+  from `graph.knn_graph`, named by the feature hash for the caller's graph cache), weighted by their
+  cosine, normalised D^-1/2 S D^-1/2 (D = row sums); frozen;
 - learned graph: the same on the projected features z_i = W_m f_i + b_m; its neighbour sets are
   rebuilt blockwise at every epoch start (`on_epoch_start`, never a dense N x N), its weights are
   the current cosines of the projections;
 - A_m = l_m * original + (1 - l_m) * learned (the skip connection, l_m = lambda), and
   A = sum_m softmax(theta)_m A_m with learnable modality weights theta.
-h = A^n_layers E_item; users and items come from LightGCN(n_ui_layers) on the symmetric-normalised
-user-item graph; the item is i + normalize(h); x_ui = <u, i>.
+h = A^n_item_layers E_item; users and items come from LightGCN(n_layers) on the symmetric-normalised
+user-item graph; the item is i + normalize(h); x_ui = <u, i>. (The paper's configuration calls the
+item-item layers `n_layers` and the user-item layers `n_ui_layers`.)
 Loss = BPR + l_w * 0.5 * (|u|^2 + |i|^2 + |j|^2) / batch on the final embeddings.
 
 As in the authors' implementation, the learned graph's weights carry gradient into the projections
@@ -24,22 +25,21 @@ modality as in the paper (the anchor normalises the mixed learned graph once), n
 degree normalisation stays defined, the raw features are fixed buffers (the anchor fine-tunes a
 copy), and the user-item backbone is LightGCN's symmetric normalisation (MMRec uses D^-1 (A + I)).
 The LR decay 0.96^(epoch/50) of the paper lives in the grid file (`lr_scheduler`), not here.
+The graph products are `torch.sparse.mm` on CSR matrices, whose summation order the released numbers
+were computed with. Hyper-parameters: the card "LATTICE" in `mmlib.models.cards` (`LATTICEParams`).
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mmlib.config import param
 from mmlib.errors import MmlibError
 from mmlib.models import graph
 from mmlib.models.base import Batch, Recommender, TrainData, bpr_loss, l2_penalty
-from mmlib.registry import MODELS
 
 
 def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -59,12 +59,17 @@ def neighbour_cosines(x: torch.Tensor, neighbours: torch.Tensor, max_elements: i
     return torch.cat(blocks) if blocks else unit.new_zeros((0, k))
 
 
-def normalised_csr(neighbours: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """The (n x n) sparse CSR matrix D^-1/2 S D^-1/2 of S[i, neighbours[i, c]] = weights[i, c] >= 0,
-    D = row sums; `neighbours` rows sorted ascending. Differentiable in `weights`."""
-    n, k = neighbours.shape
+def normalised_values(neighbours: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """(n, k) values of D^-1/2 S D^-1/2 for S[i, neighbours[i, c]] = weights[i, c] >= 0, D = row
+    sums. Differentiable in `weights`."""
     inv = (weights.sum(1) + 1e-7).pow(-0.5)
-    values = weights * inv[:, None] * inv[neighbours]
+    return weights * inv[:, None] * inv[neighbours]
+
+
+def neighbour_csr(neighbours: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """The (n x n) sparse CSR matrix with entry values[i, c] at (i, neighbours[i, c]); `neighbours`
+    rows sorted ascending."""
+    n, k = neighbours.shape
     crow = torch.arange(0, n * k + 1, k, device=neighbours.device)
     with warnings.catch_warnings():  # "sparse CSR support is in beta"
         warnings.simplefilter("ignore", UserWarning)
@@ -72,9 +77,15 @@ def normalised_csr(neighbours: torch.Tensor, weights: torch.Tensor) -> torch.Ten
                                        check_invariants=False)
 
 
-def knn_neighbours(features: torch.Tensor, k: int, cache_dir=None) -> torch.Tensor:
+def normalised_csr(neighbours: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The (n x n) sparse CSR matrix D^-1/2 S D^-1/2 of S[i, neighbours[i, c]] = weights[i, c] >= 0,
+    D = row sums; `neighbours` rows sorted ascending. Differentiable in `weights`."""
+    return neighbour_csr(neighbours, normalised_values(neighbours, weights))
+
+
+def knn_neighbours(features: torch.Tensor, k: int, cache=None) -> torch.Tensor:
     """(n, k) neighbour indices of `graph.knn_graph` (exactly k per row, ascending)."""
-    knn = graph.knn_graph(features, k, cache_dir=cache_dir)
+    knn = graph.knn_graph(features, k, cache=cache)
     knn.sort_indices()
     n = features.shape[0]
     if knn.nnz != n * k:
@@ -82,40 +93,24 @@ def knn_neighbours(features: torch.Tensor, k: int, cache_dir=None) -> torch.Tens
     return torch.as_tensor(knn.indices, dtype=torch.long).reshape(n, k).to(features.device)
 
 
-@MODELS.register("LATTICE")
-class LATTICE(Recommender):
-    modalities_needed = "any"
-
-    @dataclass
-    class Params:
-        factors: int = param(64, ge=1)  # user and item ID embedding size
-        factors_multimod: int = param(64, ge=1)  # size of the projections the learned graph is built from
-        l_w: float = param(1e-5, ge=0)  # L2 weight on the batch's final user/item embeddings
-        n_layers: int = param(1, ge=0)  # item-item graph layers
-        n_ui_layers: int = param(2, ge=0)  # LightGCN layers on the user-item graph
-        top_k: int = param(20, ge=1)  # neighbours per item in the original and the learned graphs
-        l_m: float = param(0.7, ge=0, le=1)  # skip connection: weight of the original graph (1 - l_m: the learned one)
-        modalities: list[str] | None = None  # None: every modality the features have
-
-    def __init__(self, params: Params, data: TrainData):
+class LATTICE(Recommender, card="LATTICE"):
+    def __init__(self, params, data: TrainData):
         super().__init__(params, data)
-        name = self.registered_name
-        if not 0.0 <= params.l_m <= 1.0:
-            raise MmlibError(f"Model {name}: l_m must be in [0, 1], got {params.l_m}.")
-        if params.top_k < 1 or params.factors < 1 or params.factors_multimod < 1:
-            raise MmlibError(f"Model {name}: top_k, factors and factors_multimod must be >= 1.")
         features = self.select_features(data, params.modalities)
         self.modalities = list(features)
         self.k = min(params.top_k, data.n_items)
         device = data.device
-        self.adj = graph.to_torch_sparse(graph.bipartite_adjacency(data.train), device)
-        self.original: list[torch.Tensor] = []  # frozen normalised feature graphs (CSR), one per modality
+        self.adj = graph.SparseMatrix(graph.bipartite_adjacency(data.train), device)
+        # The frozen normalised feature graphs, one per modality (`original_graph`): derived buffers.
+        neighbours, values = [], []
         for index, modality in enumerate(self.modalities):
             feats = features[modality].float().to(device)
             self.register_buffer(f"feat_{index}", feats, persistent=False)
-            neighbours = knn_neighbours(feats, self.k, data.cache_dir)
-            weights = neighbour_cosines(feats, neighbours).clamp_min(0.0)
-            self.original.append(normalised_csr(neighbours, weights))
+            knn = knn_neighbours(feats, self.k, data.graph_cache)
+            neighbours.append(knn)
+            values.append(normalised_values(knn, neighbour_cosines(feats, knn).clamp_min(0.0)))
+        self.register_buffer("original_neighbours", torch.stack(neighbours), persistent=False)
+        self.register_buffer("original_values", torch.stack(values), persistent=False)
         self.projections = nn.ModuleList(
             nn.Linear(features[m].shape[1], params.factors_multimod) for m in self.modalities)
         self.modality_logits = nn.Parameter(torch.zeros(len(self.modalities)))  # softmax: equal weights
@@ -127,11 +122,21 @@ class LATTICE(Recommender):
         self.register_buffer("learned_neighbours",
                              torch.zeros((len(self.modalities), data.n_items, self.k), dtype=torch.long))
         self.rebuild_learned_graph()
-        self._learned_weights: list[torch.Tensor] | None = None  # this epoch's (detached) weights
+        # This epoch's (detached) learned-graph weights, (n_modalities, n_items, k); None until the
+        # epoch's first batch.
+        self.register_buffer("_epoch_weights", None, persistent=False)
 
     # -- the item-item graphs --------------------------------------------------------------------
     def _features(self, index: int) -> torch.Tensor:
         return getattr(self, f"feat_{index}")
+
+    def original_graph(self, index: int) -> torch.Tensor:
+        """The frozen normalised feature graph of modality `index` (sparse CSR, k entries a row)."""
+        return neighbour_csr(self.original_neighbours[index], self.original_values[index])
+
+    @property
+    def original(self) -> list[torch.Tensor]:
+        return [self.original_graph(index) for index in range(len(self.modalities))]
 
     @torch.no_grad()
     def rebuild_learned_graph(self) -> None:
@@ -156,9 +161,7 @@ class LATTICE(Recommender):
         l_m = self.params.l_m
         out = torch.zeros_like(h)
         for index in range(len(self.modalities)):
-            original = self.original[index]
-            if original.device != h.device:
-                original = self.original[index] = original.to(h.device)
+            original = self.original_graph(index)
             mixed = l_m * torch.sparse.mm(original, h) + (1.0 - l_m) * torch.sparse.mm(learned[index], h)
             out = out + alpha[index] * mixed
         return out
@@ -166,25 +169,24 @@ class LATTICE(Recommender):
     def _embeddings(self, learned_weights: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         learned = [self.learned_graph(i, w) for i, w in enumerate(learned_weights)]
         h = self.item_emb.weight
-        for _ in range(self.params.n_layers):
+        for _ in range(self.params.n_item_layers):
             h = self._item_graph_layer(h, learned)
-        if self.adj.device != h.device:
-            self.adj = self.adj.to(h.device)
         ego = torch.cat([self.user_emb.weight, self.item_emb.weight])
-        users, items = graph.propagate(self.adj, ego, self.params.n_ui_layers).split([self.n_users, self.n_items])
+        users, items = graph.propagate(self.adj.matrix(), ego, self.params.n_layers).split(
+            [self.n_users, self.n_items])
         return users, items + F.normalize(h, dim=1)
 
     # -- the contract ----------------------------------------------------------------------------
     def on_epoch_start(self, epoch: int) -> None:
-        self._learned_weights = None
+        self._epoch_weights = None
         self.rebuild_learned_graph()
 
     def loss(self, batch: Batch) -> torch.Tensor:
-        if self._learned_weights is None:  # first batch of the epoch: the projections learn here
+        if self._epoch_weights is None:  # first batch of the epoch: the projections learn here
             weights = self.learned_weights()
-            self._learned_weights = [w.detach() for w in weights]
+            self._epoch_weights = torch.stack([w.detach() for w in weights])
         else:
-            weights = self._learned_weights
+            weights = list(self._epoch_weights)
         users, items = self._embeddings(weights)
         # index_select, not fancy indexing: its backward is deterministic on CPU
         u = users.index_select(0, batch.users)

@@ -2,7 +2,7 @@
 content, the multimodal LightGCN of the paper's Elliot code ("Ducho meets Elliot", external
 LightGCN-M). Items have no ID embedding.
 
-Item ego embedding e_i, by `aggregation`:
+Item ego embedding e_i, by `fusion` (the anchor's `aggregation`):
 - "concat": normalize(W · concat_m f_i^m), one projection of the concatenated features;
 - "sum" / "mean": the sum / mean over modalities of normalize(W_m f_i^m) (each modality projected
   and normalised on its own, so a modality with large raw norms cannot dominate).
@@ -10,44 +10,24 @@ Users have ID embeddings; E^(0) = [users; items] is propagated with LightGCN on 
 normalised bipartite graph and averaged over layers 0..L. Score <g_u, g_i> (the anchor predicts
 sigma(<g_u, g_i>), which ranks identically). Loss: softplus BPR + l_w · ½(|e_u|² + |e_i|² + |e_j|²)
 / batch on the ego embeddings (as LightGCN).
+Hyper-parameters: the card "LightGCN-M" in `mmlib.models.cards` (`LightGCNMParams`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import torch
 from torch import nn
 
-from mmlib.config import param
-from mmlib.errors import MmlibError
 from mmlib.models.base import Batch, Recommender, TrainData, bpr_loss, l2_penalty
-from mmlib.models.graph import SparsePattern, bipartite_adjacency
-from mmlib.registry import MODELS
+from mmlib.models.graph import SparsePattern, bipartite_adjacency, propagate
 
 
-@MODELS.register("LightGCN-M")
-class LightGCNM(Recommender):
-    modalities_needed = "any"
-
-    @dataclass
-    class Params:
-        factors: int = param(64, ge=1)  # embedding size of users and of the projected item content
-        n_layers: int = param(3, ge=0)  # LightGCN propagation layers (0: no propagation)
-        l_w: float = param(1e-5, ge=0)  # L2 weight on the batch's ego embeddings
-        aggregation: Literal["concat", "sum", "mean"] = "concat"  # how modalities form the item embedding
-        modalities: list[str] | None = None  # None: every modality the features have
-
-    def __init__(self, params: Params, data: TrainData):
+class LightGCNM(Recommender, card="LightGCN-M"):
+    def __init__(self, params, data: TrainData):
         super().__init__(params, data)
-        if params.n_layers < 0:
-            raise MmlibError(f"LightGCN-M: n_layers must be >= 0, got {params.n_layers}.")
-        if params.aggregation not in ("concat", "sum", "mean"):
-            raise MmlibError(f"LightGCN-M: aggregation {params.aggregation!r} is not one of concat, sum, mean.")
         features = self.select_features(data, params.modalities)
         self.modality_names = sorted(features)
-        if params.aggregation == "concat":
+        if params.fusion == "concat":
             parts = [torch.cat([features[m] for m in self.modality_names], dim=1)]
         else:
             parts = [features[m] for m in self.modality_names]
@@ -63,17 +43,14 @@ class LightGCNM(Recommender):
         """(n_items, factors) item embeddings made from the content, before propagation."""
         parts = [nn.functional.normalize(projection(getattr(self, f"features_{index}")), dim=-1)
                  for index, projection in enumerate(self.projections)]
-        if self.params.aggregation == "mean":
+        if self.params.fusion == "mean":
             return torch.stack(parts).mean(0)
         return torch.stack(parts).sum(0)  # "concat" has a single part
 
     def propagate(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         items = self.item_ego()
         x = torch.cat([self.user_emb, items])
-        layers = [x]
-        for _ in range(self.params.n_layers):  # LightGCN: mean of E^(0..L), E^(l+1) = Â E^(l)
-            layers.append(self.graph.aggregate(layers[-1]))
-        out = torch.stack(layers).mean(0)
+        out = propagate(self.graph, x, self.params.n_layers)  # LightGCN: mean of E^(0..L), E^(l+1) = Â E^(l)
         users_out, items_out = out.split([self.n_users, self.n_items])
         return users_out, items_out, items
 

@@ -9,55 +9,29 @@ x^0 = normalize([P_m[u] for users; MLP_m(f_i^m) for items]) (MLP_m a linear proj
 A node's representation is the mean over modalities of x^L; the score is the dot product; loss
 softplus BPR + l_w · ½(|E_u|² + |E_i|² + |E_j|² + sum_m |P_m[u]|²) / batch.
 
-Defaults are Elliot's MMGCN (num_layers 3, visual projected to 256, text raw, mean aggregation,
-concatenation False -> "add"); modalities not named in `factors_multimod` are projected to 256.
-Differences from the anchors: the ID embeddings and user preferences are trainable
+Defaults are Elliot's MMGCN (n_layers 3 — its `num_layers` —, visual projected to 256, text raw,
+mean aggregation, concatenation False -> "add"); modalities not named in `factors_multimod` are
+projected to 256. Differences from the anchors: the ID embeddings and user preferences are trainable
 `nn.Parameter`s (MMRec builds them as plain tensors, so they are never optimised), and the number
 of layers is configurable (MMRec hard-codes 3 and ignores `n_layers`).
+Hyper-parameters: the card "MMGCN" in `mmlib.models.cards` (`MMGCNParams`).
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 from torch import nn
 
-from mmlib.config import param
-from mmlib.errors import MmlibError
 from mmlib.models.base import Batch, Recommender, TrainData, bpr_loss, l2_penalty
+from mmlib.models.cards import MMGCN_DEFAULT_MULTIMOD
 from mmlib.models.graph import SparsePattern, row_normalise
-from mmlib.registry import MODELS
-
-DEFAULT_MULTIMOD = 256  # projection size of a modality that `factors_multimod` does not name
 
 
-@MODELS.register("MMGCN")
-class MMGCN(Recommender):
-    modalities_needed = "any"
-
-    @dataclass
-    class Params:
-        factors: int = param(64, ge=1)  # size of the ID embeddings and of every layer's output
-        num_layers: int = param(3, ge=1)  # graph convolution layers per modality
-        # modality -> projection size of its features (null: raw features); others: 256
-        factors_multimod: dict[str, int | None] = field(default_factory=lambda: {"visual": 256, "textual": None})
-        combination: Literal["add", "concat"] = "add"  # how a layer merges neighbours and the node itself
-        aggregation: Literal["mean", "add"] = "mean"  # mean or sum over graph neighbours
-        has_id: bool = True  # add the ID embeddings in every layer
-        l_w: float = param(1e-5, ge=0)  # L2 weight on the batch's ID embeddings and user preferences
-        modalities: list[str] | None = None  # None: every modality the features have
-
-    def __init__(self, params: Params, data: TrainData):
+class MMGCN(Recommender, card="MMGCN"):
+    def __init__(self, params, data: TrainData):
         super().__init__(params, data)
-        if params.num_layers < 1:
-            raise MmlibError(f"MMGCN: num_layers must be >= 1, got {params.num_layers}.")
-        for name, allowed in (("combination", ("add", "concat")), ("aggregation", ("mean", "add"))):
-            if getattr(params, name) not in allowed:
-                raise MmlibError(f"MMGCN: {name} {getattr(params, name)!r} is not one of {', '.join(allowed)}.")
         features = self.select_features(data, params.modalities)
         self.modality_names = sorted(features)
         d = params.factors
@@ -66,15 +40,13 @@ class MMGCN(Recommender):
         self.convs, self.linears, self.gates = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
         for index, m in enumerate(self.modality_names):  # buffers by index: names may hold any character
             self.register_buffer(f"features_{index}", features[m], persistent=False)
-            size = dict(params.factors_multimod).get(m, DEFAULT_MULTIMOD)
+            size = dict(params.factors_multimod).get(m, MMGCN_DEFAULT_MULTIMOD)
             raw = features[m].shape[1]
-            if size is not None and size < 1:
-                raise MmlibError(f"MMGCN: factors_multimod[{m!r}] must be a positive size or null, got {size}.")
             self.projections.append(nn.Identity() if size is None else nn.Linear(raw, size))
             width = raw if size is None else size
             self.preferences.append(nn.Parameter(torch.empty(data.n_users, width)))
             convs, linears, gates = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
-            for layer in range(params.num_layers):
+            for layer in range(params.n_layers):
                 n_in = width if layer == 0 else d
                 convs.append(nn.Linear(n_in, n_in, bias=False))
                 linears.append(nn.Linear(n_in, d))

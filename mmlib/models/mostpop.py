@@ -1,17 +1,15 @@
-"""MostPop: every user gets the items ranked by training popularity (ties: lower item index)."""
+"""MostPop: every user gets the items ranked by training popularity (ties: lower item index).
+
+No hyper-parameters (the card "MostPop" in `mmlib.models.cards`), nothing to train."""
 
 from __future__ import annotations
 
 import torch
 
 from mmlib.models.base import Recommender, TrainData
-from mmlib.registry import MODELS
 
 
-@MODELS.register("MostPop")
-class MostPop(Recommender):
-    sampling = "none"
-
+class MostPop(Recommender, card="MostPop"):
     def __init__(self, params, data: TrainData):
         super().__init__(params, data)
         self.register_buffer("popularity", data.item_popularity())

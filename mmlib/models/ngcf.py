@@ -13,42 +13,21 @@ ego embeddings (the parameters a step touches), as for BPRMF and LightGCN here, 
 whole parameter set (paper) or the final embeddings (authors' code). Defaults are the paper's Elliot
 configuration: 3 layers, weight_size 64, node and message dropout 0.1. Scores never use dropout.
 Unlike NGCF-M in the paper's code (mean of layers, D^-1(A+I)), this is the original NGCF.
+Hyper-parameters: the card "NGCF" in `mmlib.models.cards` (`NGCFParams`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-from mmlib.config import param
-from mmlib.errors import MmlibError
 from mmlib.models.base import Batch, Recommender, TrainData, bpr_loss, l2_penalty
 from mmlib.models.graph import SparsePattern, bipartite_adjacency
-from mmlib.registry import MODELS
 
 
-@MODELS.register("NGCF")
-class NGCF(Recommender):
-    @dataclass
-    class Params:
-        factors: int = param(64, ge=1)  # ego embedding size
-        n_layers: int = param(3, ge=0)  # propagation layers
-        weight_size: int = param(64, ge=1)  # output size of every propagation layer
-        node_dropout: float = param(0.1, ge=0, lt=1)  # share of nodes whose messages are dropped in a training step
-        message_dropout: float = param(0.1, ge=0, lt=1)  # dropout on every layer's output during training
-        l_w: float = param(1e-5, ge=0)  # L2 weight on the batch's ego embeddings (paper grid {1e-5, 1e-2})
-
-    def __init__(self, params: Params, data: TrainData):
+class NGCF(Recommender, card="NGCF"):
+    def __init__(self, params, data: TrainData):
         super().__init__(params, data)
-        if params.factors < 1 or params.weight_size < 1 or params.n_layers < 0 or params.l_w < 0:
-            raise MmlibError(f"NGCF: factors ({params.factors}) and weight_size ({params.weight_size}) "
-                             f"must be positive, n_layers ({params.n_layers}) and l_w ({params.l_w}) "
-                             f"non-negative.")
-        for name in ("node_dropout", "message_dropout"):
-            if not 0 <= getattr(params, name) < 1:
-                raise MmlibError(f"NGCF: {name} must be in [0, 1), got {getattr(params, name)}.")
         self.user_emb = nn.Embedding(data.n_users, params.factors)
         self.item_emb = nn.Embedding(data.n_items, params.factors)
         sizes = [params.factors] + [params.weight_size] * params.n_layers

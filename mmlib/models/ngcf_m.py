@@ -7,26 +7,23 @@ normalisation of every row; the collaborative embeddings g are the mean of E^(0.
 Score: x_ui = <g_u, g_i> + <theta_u, normalize(W · concat_m f_i^m)>.
 Loss: softplus BPR + l_w · ½(|g_u|² + |g_i|² + |g_j|² + |theta_u|² + |c_i|² + |c_j|²) / batch.
 
-Node dropout (`node_dropout`) drops entries of Â with that probability and rescales the kept ones
-by 1/(1-p), resampled once per epoch, as the anchor does. Differences from the anchor: message
-dropout is active in training only (the anchor keeps its dropout layers in a plain list, so they
-stay in training mode when it ranks items), and layer biases start at zero instead of Xavier.
+Edge dropout (`edge_dropout`; the anchor's `node_dropout`, which drops entries of the adjacency, not
+nodes) drops entries of Â with that probability and rescales the kept ones by 1/(1-p), resampled
+once per epoch, as the anchor does. Differences from the anchor: message dropout is active in
+training only (the anchor keeps its dropout layers in a plain list, so they stay in training mode
+when it ranks items), and layer biases start at zero instead of Xavier.
+Hyper-parameters: the card "NGCF-M" in `mmlib.models.cards` (`NGCFMParams`).
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 from torch import nn
 
-from mmlib.config import param
-from mmlib.errors import MmlibError
 from mmlib.models.base import Batch, Recommender, TrainData, bpr_loss, l2_penalty
 from mmlib.models.graph import SparsePattern, row_normalise
-from mmlib.registry import MODELS
 
 
 def _bipartite_with_self_loops(train: sp.spmatrix) -> sp.csr_matrix:
@@ -36,28 +33,9 @@ def _bipartite_with_self_loops(train: sp.spmatrix) -> sp.csr_matrix:
     return row_normalise(adj + sp.identity(adj.shape[0], dtype=np.float32, format="csr"))
 
 
-@MODELS.register("NGCF-M")
-class NGCFM(Recommender):
-    modalities_needed = "any"
-
-    @dataclass
-    class Params:
-        factors: int = param(64, ge=1)  # size of the ID embeddings (layer 0) and of theta_u / projected content
-        # output size of every propagation layer (must equal factors: layers are averaged)
-        weight_size: int = param(64, ge=1)
-        n_layers: int = param(3, ge=0)  # NGCF propagation layers
-        node_dropout: float = param(0.1, ge=0, lt=1)  # share of adjacency entries dropped per epoch in training
-        message_dropout: float = param(0.1, ge=0, lt=1)  # dropout on every layer's output in training
-        l_w: float = param(1e-5, ge=0)  # L2 weight on the batch's propagated embeddings, theta_u and projected content
-        modalities: list[str] | None = None  # None: every modality the features have
-
-    def __init__(self, params: Params, data: TrainData):
+class NGCFM(Recommender, card="NGCF-M"):
+    def __init__(self, params, data: TrainData):
         super().__init__(params, data)
-        if params.weight_size != params.factors:
-            raise MmlibError(f"NGCF-M: weight_size ({params.weight_size}) must equal factors "
-                             f"({params.factors}): the layer outputs are averaged with the ID embeddings.")
-        if params.n_layers < 0 or not 0 <= params.node_dropout < 1 or not 0 <= params.message_dropout < 1:
-            raise MmlibError("NGCF-M: n_layers must be >= 0 and node_dropout, message_dropout in [0, 1).")
         features = self.select_features(data, params.modalities)
         self.register_buffer("content", torch.cat([features[m] for m in sorted(features)], dim=1),
                              persistent=False)
@@ -73,17 +51,18 @@ class NGCFM(Recommender):
         self.b2 = nn.ParameterList(nn.Parameter(torch.zeros(d)) for _ in range(params.n_layers))
         for weight in (self.user_emb, self.item_emb, self.user_theta, self.projection.weight, *self.w1, *self.w2):
             nn.init.xavier_uniform_(weight)
-        self._dropped_values: torch.Tensor | None = None  # this epoch's Â entries after node dropout
+        # this epoch's Â entries after edge dropout (None until the epoch's first batch)
+        self.register_buffer("_dropped_values", None, persistent=False)
 
     # -- graph ---------------------------------------------------------------------------------------
     def _sample_dropped_values(self) -> torch.Tensor:
-        p, values = self.params.node_dropout, self.graph.values
+        p, values = self.params.edge_dropout, self.graph.values
         keep = (torch.rand(values.shape, device=values.device) >= p).to(values.dtype)
         return values * keep / (1 - p)
 
     def propagate(self, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
         values = None
-        if training and self.params.node_dropout > 0:
+        if training and self.params.edge_dropout > 0:
             if self._dropped_values is None:
                 self._dropped_values = self._sample_dropped_values()
             values = self._dropped_values

@@ -6,50 +6,33 @@ layer, Δ = eps * normalize(U(0,1) noise, per row) ⊙ sign(E^(l+1)): a random d
 eps in the same hyper-octant as the embedding. Each training step draws two perturbed views
 (fresh noise every step) and one clean pass for BPR.
 
-Loss = BPR(clean) + reg_cl * (InfoNCE_users + InfoNCE_items) + l_w * L2(ego embeddings of the batch),
-InfoNCE with cosine similarity and temperature 0.2 over the batch's distinct users and positive
-items (in-batch negatives), averaged over nodes. Defaults are the paper's Elliot configuration
-(eps 0.1, l_w 1e-4, 3 layers, temperature 0.2; reg_cl grid {0.5, 2} in params/models/SimGCL.yaml).
-On a small dense dataset that grid is far too strong: on Last.fm-2K (mmrec protocol, lr 1e-3)
-reg_cl 0.5 and 0.1 both peak on validation within 4 epochs at Recall@20 0.14 and then fall, while
-0.01 reaches 0.37 (0 reaches 0.33), so search lower weights there.
+Loss = BPR(clean) + cl_weight * (InfoNCE_users + InfoNCE_items) + l_w * L2(ego embeddings of the
+batch), InfoNCE with cosine similarity and temperature 0.2 over the batch's distinct users and
+positive items (in-batch negatives), averaged over nodes. Defaults are the paper's Elliot
+configuration (eps 0.1, l_w 1e-4, 3 layers, temperature 0.2; contrastive weight grid {0.5, 2} in
+params/models/SimGCL.yaml, where Elliot calls it `reg_cl`). On a small dense dataset that grid is
+far too strong: on Last.fm-2K (mmrec protocol, lr 1e-3) cl_weight 0.5 and 0.1 both peak on
+validation within 4 epochs at Recall@20 0.14 and then fall, while 0.01 reaches 0.37 (0 reaches
+0.33), so search lower weights there.
+Hyper-parameters: the card "SimGCL" in `mmlib.models.cards` (`SimGCLParams`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import torch
 from torch import nn
 
-from mmlib.config import param
-from mmlib.models.base import Batch
-from mmlib.models.graph import SparsePattern
-from mmlib.models.lightgcn import LightGCN
-from mmlib.models.sgl import info_nce
-from mmlib.registry import MODELS
+from mmlib.models.base import Batch, LightGCNBase, info_nce
+from mmlib.models.graph import LIGHTGCN_CONV, SparsePattern
 
 
-@MODELS.register("SimGCL")
-class SimGCL(LightGCN):
-    @dataclass
-    class Params:
-        factors: int = param(64, ge=1)  # embedding size
-        n_layers: int = param(3, ge=1)  # propagation layers (at least 1: layer 0 is not part of the output)
-        l_w: float = param(1e-4, ge=0)  # L2 weight on the batch's ego embeddings (paper's Elliot config)
-        # as LightGCN: "squared" (the paper's) or "norm" (MMRec's EmbLoss)
-        reg_form: Literal["squared", "norm"] = "squared"
-        reg_cl: float = param(0.5, ge=0)  # weight of the contrastive term (paper's Elliot grid {0.5, 2})
-        eps: float = param(0.1, ge=0)  # length of the noise added to every node after every layer
-        temperature: float = param(0.2, gt=0)  # InfoNCE temperature (hard-coded 0.2 in the anchor)
-
+class SimGCL(LightGCNBase, card="SimGCL"):
     def embeddings(self, adj: SparsePattern | None = None,
                    perturbed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         adj = self.adj if adj is None else adj
         nodes, layers = self.ego(), []
         for _ in range(self.params.n_layers):
-            nodes = adj.aggregate(nodes)
+            nodes = LIGHTGCN_CONV(nodes, adj)  # a PyG layer; on a SparsePattern: adj.aggregate(nodes)
             if perturbed:
                 noise = nn.functional.normalize(torch.rand_like(nodes), dim=1)
                 nodes = nodes + self.params.eps * noise * torch.sign(nodes)
@@ -65,4 +48,4 @@ class SimGCL(LightGCN):
 
     def loss(self, batch: Batch) -> torch.Tensor:
         ranking = self.ranking_loss(batch, *self.embeddings())
-        return ranking + self.params.reg_cl * self.contrastive_loss(batch)
+        return ranking + self.params.cl_weight * self.contrastive_loss(batch)

@@ -3,32 +3,20 @@
 x_ui = <gamma_u, gamma_i> + <theta_u, normalize(W · concat_m f_i^m)>: the item's content vector is
 the concatenation of its modality features (comb_mod "concat"), projected to `factors` dims and
 L2-normalised. Unlike the anchor, every user matrix is Xavier-initialised (the anchor initialises
-one matrix twice and leaves theta_u at N(0, 1)).
+one matrix twice and leaves theta_u at N(0, 1)). Hyper-parameters: the card "VBPR" in
+`mmlib.models.cards` (`VBPRParams`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-from mmlib.config import param
 from mmlib.models.base import Batch, Recommender, TrainData, bpr_loss, l2_penalty
-from mmlib.registry import MODELS
 
 
-@MODELS.register("VBPR")
-class VBPR(Recommender):
-    modalities_needed = "any"
-
-    @dataclass
-    class Params:
-        factors: int = param(64, ge=1)  # size of gamma (collaborative) and of theta (content) factors
-        l_w: float = param(1e-5, ge=0)  # L2 weight on the batch's embeddings and projected content
-        modalities: list[str] | None = None  # None: every modality the features have
-
-    def __init__(self, params: Params, data: TrainData):
+class VBPR(Recommender, card="VBPR"):
+    def __init__(self, params, data: TrainData):
         super().__init__(params, data)
         features = self.select_features(data, params.modalities)
         self.register_buffer("content", torch.cat([features[m] for m in sorted(features)], dim=1))
