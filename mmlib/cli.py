@@ -16,10 +16,14 @@ def _study(path):
 
 
 def cmd_list(args) -> None:
-    from mmlib import extract, models  # noqa: F401  (fill the registries)
-    from mmlib.registry import EXTRACTORS, MODELS
+    if args.what == "models":  # from the model cards: no torch needed to list them
+        from mmlib.models import cards
 
-    print("\n".join((MODELS if args.what == "models" else EXTRACTORS).names()))
+        print("\n".join(cards.names()))
+    else:
+        from mmlib.registry import EXTRACTORS
+
+        print("\n".join(EXTRACTORS.names()))
 
 
 def cmd_prepare(args) -> None:

@@ -18,8 +18,8 @@ from mmlib.config import from_mapping, load_yaml
 from mmlib.data.prepare import DatasetSpec
 from mmlib.errors import MmlibError
 from mmlib.extract.base import build_setting
+from mmlib.models import cards
 from mmlib.protocol import PROTOCOLS, TrainSpec, protocol_spec, split_config
-from mmlib.registry import MODELS
 from mmlib.storage import check_name, check_writable
 
 PARAMS_DIR = Path(__file__).resolve().parent.parent / "params"
@@ -62,7 +62,7 @@ class StudySpec:
 
     def settings_for(self, model: str) -> list[str | None]:
         """Feature settings a model is trained on: all of them, or None for feature-free models."""
-        if MODELS.get(model).modalities_needed == "none":
+        if cards.card(model).modalities_needed == "none":
             return [None]
         return list(self.extractors)
 
@@ -81,14 +81,14 @@ class StudySpec:
             check_name(key, f"{where}: extractors key")
             build_setting(setting, f"{where}: extractors.{key}")
         if not self.models:
-            raise MmlibError(f"{where}: 'models' is empty; name at least one of {', '.join(MODELS.names())}.")
+            raise MmlibError(f"{where}: 'models' is empty; name at least one of {', '.join(cards.names())}.")
         for model in self.models:
-            cls = MODELS.get(model)
-            if cls.modalities_needed != "none" and not self.extractors:
+            card = cards.card(model)
+            if card.modalities_needed != "none" and not self.extractors:
                 raise MmlibError(f"{where}: model {model} needs item features but the study has no "
                                  "'extractors' settings.")
             for point in self.grid(model):
-                split_config(cls, point, base, f"{where}: models.{model}")
+                split_config(card, point, base, f"{where}: models.{model}")
         check_writable(self.output_root, f"{where}: output root")
         return self
 
@@ -98,7 +98,7 @@ def grid_file(model: str) -> Path:
 
 
 def load_model_grid(model: str, protocol: str) -> dict:
-    MODELS.get(model)
+    cards.card(model)  # an unknown name is an error here, with a close match
     path = grid_file(model)
     if not path.is_file():
         return {}
