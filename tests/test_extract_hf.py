@@ -31,6 +31,7 @@ from mmlib.extract import extract_features, load_preset, preset_names
 from mmlib.extract.vision import hf_to_torchvision_resnet
 from mmlib.registry import EXTRACTORS
 from mmlib.testing.builders import TEXTS, make_tiny_dataset
+from mmlib.testing.extractor_checks import TINY_CASES
 from mmlib.testing.tiny import (
     ARCHITECTURES,
     build_tiny_checkpoint,
@@ -51,17 +52,8 @@ def tiny(tmp_path_factory):
     return make_tiny_dataset(tmp_path_factory.mktemp("tiny-ds"))
 
 
-# name -> (tiny architecture, extra options)
-CASES = {
-    "resnet50": ("resnet", {"image_size": 64}),  # the paper's preprocessing, smaller (fast tests)
-    "vision_backbone": ("resnet", {"layer": "encoder.stages.2"}),
-    "clip_like": ("clip", {}),
-    "clip": ("clip", {}),
-    "align": ("align", {}),
-    "altclip": ("altclip", {}),
-    "hf_text": ("bert", {}),
-    "sentence_transformers": ("bert", {}),  # a plain BERT folder: sentence-transformers mean-pools
-}
+# name -> (tiny architecture, extra options): the same cases as the common checks
+CASES = TINY_CASES
 def spec(name: str, ck: dict, **options) -> dict:
     arch, extra = CASES[name]
     return {"extractor": name, "checkpoint": str(ck[arch]), **extra, **options}
