@@ -92,12 +92,17 @@ def check_writable(folder: Path, what: str = "output folder") -> None:
 # ----------------------------------------------------------------------------- atomic writes
 
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+def sha256_stream(fh, chunk: int = 1 << 22) -> str:
+    """sha256 of what remains in a binary file object, read in chunks."""
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
+    while block := fh.read(chunk):
+        h.update(block)
     return h.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return sha256_stream(fh)
 
 
 

@@ -13,6 +13,15 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # loaded machine), so the suite runs torch on one thread. Benchmarks set their own.
 torch.set_num_threads(1)
 
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Every test starts on one thread, whatever the test before it set (fit sets spec.threads)."""
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(1)
+
+
 REPO = Path(__file__).resolve().parent.parent
 
 

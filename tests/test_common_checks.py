@@ -14,15 +14,6 @@ from mmlib.registry import EXTRACTORS, MODELS
 from mmlib.testing import ExtractorWorkspace, check_extractor, check_recommender
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny problems: one thread (the bit-identity check sets it too); restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _cases(names, checks):
     return [pytest.param(name, check_name, id=f"{name}-{check_name}")
             for name in names for check_name, _ in checks(name)]

@@ -21,14 +21,6 @@ MODELS_A = ["NGCF-M", "LightGCN-M", "GRCN", "MMGCN", "ItemKNN-CBF"]
 mmlib.models.load_all()  # registers every model class
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: one thread is faster and immune to a busy machine's thread contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def make_data(features: dict[str, torch.Tensor], n_users=20, n_items=12, per_user=4, seed=0) -> TrainData:
     train = random_interactions(n_users=n_users, n_items=n_items, per_user=per_user, seed=seed)

@@ -30,15 +30,6 @@ mmlib.models.load_all()  # registers every model class
 DIMS = {"visual": 12, "textual": 7, "audio": 5}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The problems here are tiny: a second thread only adds synchronisation (and, on a busy machine,
-    waits for a core), so these tests run single-threaded."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def make_data(modalities=("visual", "textual"), cache_dir=None, n_users=40, n_items=30, seed=0) -> TrainData:
     gen = torch.Generator().manual_seed(seed)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
+from test_models_quality import planted_groups
 from torch import nn
 from torch_geometric.nn import LGConv
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
@@ -31,15 +32,6 @@ from mmlib.protocol import TrainSpec
 from mmlib.registry import MODELS
 from mmlib.testing import check_recommender
 from mmlib.train import train_and_select
-from test_models_quality import planted_groups
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _dense_pyg_adjacency(train) -> torch.Tensor:

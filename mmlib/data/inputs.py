@@ -21,15 +21,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-HASH_CHUNK = 1 << 20
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(HASH_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+from mmlib.storage import sha256_file
 
 
 def _listing_digest(names: list[str]) -> str:

@@ -64,7 +64,15 @@ from pathlib import Path
 import numpy as np
 
 from mmlib.errors import MmlibError
-from mmlib.storage import confined, save_npy_atomic, write_bytes_atomic, write_json_atomic  # noqa: F401
+from mmlib.storage import (  # noqa: F401  (sha256_file, save_npy_atomic: also imported from here)
+    confined,
+    dumps_json,
+    save_npy_atomic,
+    sha256_file,
+    sha256_stream,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 
 log = logging.getLogger("mmlib.extract")
 
@@ -79,31 +87,9 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
-def sha256_file(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return _stream_sha256(fh)
-
-
-def _stream_sha256(fh, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    while block := fh.read(chunk):
-        h.update(block)
-    return h.hexdigest()
-
-
 def to_jsonable(value):
     """Plain-JSON version of a value (tuples -> lists, numpy scalars -> Python)."""
-    return json.loads(json.dumps(value, default=_json_default))
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    return str(value)
+    return json.loads(dumps_json(value))
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -225,7 +211,7 @@ def load_matrix(path: Path, shape, expected_sha256: str | None, mmap: bool = Tru
                                           f"match its manifest ({tuple(shape)}, float32)")
         if verify:
             fh.seek(0)
-            _check_digest(path, _stream_sha256(fh), expected_sha256, verify)
+            _check_digest(path, sha256_stream(fh), expected_sha256, verify)
     return matrix
 
 
