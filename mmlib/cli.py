@@ -20,37 +20,43 @@ def cmd_list(args) -> None:
         from mmlib.models import cards
 
         print("\n".join(cards.names()))
-    else:
-        from mmlib.registry import EXTRACTORS
+    else:  # from the extractor cards: no torch, PIL or transformers needed to list them
+        from mmlib.extract import cards
 
-        print("\n".join(EXTRACTORS.names()))
+        print("\n".join(cards.names()))
 
 
 def cmd_prepare(args) -> None:
     from mmlib import pipeline
 
-    dataset = pipeline.prepare(_study(args.study))
-    print(f"{pipeline.dataset_dir(_study(args.study))}: {dataset.statistics()}")
+    study = _study(args.study)
+    for name in args.dataset or list(study.dataset_specs):
+        dataset = pipeline.prepare(study, name)
+        print(f"{pipeline.dataset_dir(study, name)}: {dataset.statistics()}")
 
 
 def cmd_extract(args) -> None:
     from mmlib import pipeline
 
     study = _study(args.study)
-    for setting in args.setting or list(study.extractors):
-        features = pipeline.extract(study, setting)
-        print(f"{setting}: " + ", ".join(f"{m} {tuple(x.shape)}" for m, x in features.matrices.items()))
+    for name in args.dataset or list(study.dataset_specs):
+        for setting in args.setting or [u.key for u in study.extraction_units()]:
+            features = pipeline.extract(study, setting, name)
+            print(f"{name} / {setting}: " +
+                  ", ".join(f"{m} {tuple(x.shape)}" for m, x in features.matrices.items()))
 
 
 def cmd_train(args) -> None:
     from mmlib import pipeline
 
     study = _study(args.study)
-    for model in args.model or list(study.models):
-        for setting in ([args.setting] if args.setting else study.settings_for(model)):
-            summary = pipeline.train(study, model, setting, force=args.force)
-            print(f"{model} / {summary['setting']}: " +
-                  ", ".join(f"{k} {v:.4f}" for k, v in summary["test"].items() if k.endswith("@20")))
+    for name in args.dataset or list(study.dataset_specs):
+        for model in args.model or list(study.models):
+            for setting in ([args.setting] if args.setting else study.settings_for(model)):
+                for seed in study.seed_list():
+                    summary = pipeline.train(study, model, setting, force=args.force, dataset=name, seed=seed)
+                    print(f"{name} / {model} / {summary['setting']} / seed {seed}: " +
+                          ", ".join(f"{k} {v:.4f}" for k, v in summary["test"].items() if k.endswith("@20")))
 
 
 def cmd_report(args) -> None:
@@ -60,11 +66,24 @@ def cmd_report(args) -> None:
     print(report.to_markdown(table))
 
 
-def cmd_batch(args) -> None:
+def cmd_batch(args) -> int:
+    import signal
+
+    if args.dry_run:  # the plan needs no artifact: no data, no torch
+        from mmlib.study import describe_plan
+
+        print(describe_plan(_study(args.study)))
+        return 0
     from mmlib.batch import run_batch
 
-    jobs = run_batch(args.study, kernel=args.kernel, only=args.only)
-    print(f"executed {len(jobs)} notebooks; results in outputs/tables/results.md")
+    def terminate(signum, frame):  # finish like Ctrl-C: locks released, kernels and workers stopped
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+    summary = run_batch(args.study, kernel=args.kernel, only=args.only, workers=args.workers,
+                        scheduler=args.scheduler, progress=not args.no_progress)
+    print(summary.report())
+    return 1 if summary.failed else 0
 
 
 def cmd_bench(args) -> None:
@@ -89,11 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prepare", help="build the Dataset artifact of a study")
     p.add_argument("study")
+    p.add_argument("--dataset", action="append", help="dataset name (repeatable; default: all)")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("extract", help="extract features for one or all settings of a study")
     p.add_argument("study")
     p.add_argument("--setting", action="append", help="setting key (repeatable; default: all)")
+    p.add_argument("--dataset", action="append", help="dataset name (repeatable; default: all)")
     p.set_defaults(func=cmd_extract)
 
     p = sub.add_parser("train", help="grid-search models, select on validation, test once")
@@ -101,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", action="append", help="model name (repeatable; default: all)")
     p.add_argument("--setting", help="feature setting (default: all the model can use)")
     p.add_argument("--force", action="store_true", help="retrain even if the run is up to date")
+    p.add_argument("--dataset", action="append", help="dataset name (repeatable; default: all)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("report", help="results table and figures from the runs")
@@ -108,14 +130,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("bench", help="benchmarks: `mmlib bench extraction|training --help`")
-    p.add_argument("which", choices=["extraction", "training"])
+    p.add_argument("which", choices=["extraction", "training", "batch"])
     p.add_argument("rest", nargs=argparse.REMAINDER, help="the benchmark's own options")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("batch", help="execute the notebooks of a study with papermill")
+    p = sub.add_parser("batch", help="run a whole study: notebooks with papermill, runs in process or on Dask")
     p.add_argument("study")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (runs per dataset / setting / "
+                   "model and the totals) without doing anything")
+    p.add_argument("--only", nargs="+", metavar="KEY=VALUE",
+                   help="only these runs, e.g. --only dataset=baby model=FREEDOM setting=clip")
+    p.add_argument("--workers", type=int, default=1, help="1 (default): in this process; N: a local Dask "
+                   "cluster of N single-threaded worker processes; 0: one per core")
+    p.add_argument("--scheduler", help="address of a running Dask scheduler, tcp://HOST:PORT "
+                   "(or set MMLIB_SCHEDULER); outputs must be on a filesystem all workers share")
     p.add_argument("--kernel", default="python3")
-    p.add_argument("--only", help="run only the jobs whose name contains this text")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_batch)
     return parser
 
@@ -125,11 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        args.func(args)
+        code = args.func(args)
     except MmlibError as exc:
         print(f"mmlib: error: {exc}", file=sys.stderr)
         return 2
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -154,7 +155,20 @@ def from_mapping(cls: type[S], data: Any, where: str) -> S:
             raise MmlibError(f"{where.rstrip(':')}: missing required key {name!r}.")
     try:
         return cls(**kwargs)
+    except MmlibError as exc:  # a rule of the dataclass's __post_init__: say which file / field
+        raise MmlibError(_prefixed(where, str(exc))) from None
     except (TypeError, ValueError) as exc:
-        if isinstance(exc, MmlibError):
-            raise
         raise MmlibError(f"{where.rstrip(':')}: {exc}") from exc
+
+
+def _prefixed(where: str, message: str) -> str:
+    """`message` after `where`, once: unchanged if it already starts with `where`, and a message
+    that starts with the last field of `where` continues it ("params/x.yaml: dataset" +
+    "dataset.kcore=0 ..." -> "params/x.yaml: dataset.kcore=0 ...")."""
+    where = where.rstrip(":")
+    if not where or message.startswith(where):
+        return message
+    head, _, tail = where.rpartition(": ")
+    if head and re.match(re.escape(tail) + r"(?=[.:=\s(\[]|$)", message):
+        return f"{head}: {message}"
+    return f"{where}: {message}"

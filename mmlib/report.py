@@ -13,8 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from mmlib.pipeline import read_run, run_dir  # noqa: E402
-from mmlib.stats import paired_test  # noqa: E402
+from mmlib.analysis.stats import paired_tests  # noqa: E402
+from mmlib.pipeline import read_selection, selection_dir  # noqa: E402
 from mmlib.storage import save_figure_atomic, to_csv_atomic, write_text_atomic  # noqa: E402
 from mmlib.study import StudySpec  # noqa: E402
 
@@ -25,15 +25,19 @@ BASELINE = "BPRMF"  # significance is tested against it, on the same users
 
 
 def load_runs(study: StudySpec) -> list[tuple[dict, Path]]:
+    """The selection of every dataset x setting x model x seed that has one (with its folder)."""
     runs = []
-    for model in study.models:
-        for setting in study.settings_for(model):
-            folder = run_dir(study, model, setting)
-            summary = read_run(folder)  # a truncated or edited run is absent, with a warning
-            if summary is not None:
-                runs.append((summary, folder))
-            else:
-                log.warning("no finished run for %s on %s yet (%s)", model, setting, folder)
+    for dataset in study.dataset_specs:
+        for model in study.models:
+            for setting in study.settings_for(model):
+                for seed in study.seed_list():
+                    folder = selection_dir(study, model, setting, dataset, seed)
+                    summary = read_selection(folder)  # a truncated or edited one is absent, with a warning
+                    if summary is not None:
+                        runs.append((summary, folder))
+                    else:
+                        log.warning("no selection for %s on %s / %s, seed %s yet (%s)", model, dataset,
+                                    setting or "no features", seed, folder)
     return runs
 
 
@@ -42,13 +46,15 @@ def results_table(study: StudySpec) -> pd.DataFrame:
     rows = []
     per_user = {}
     for summary, folder in runs:
-        per_user[(summary["model"], summary["setting"])] = pd.read_parquet(folder / "test_per_user.parquet")
+        frame = pd.read_parquet(folder / "test_per_user.parquet")
+        group = (summary["dataset"], summary["seed"])
+        per_user[(*group, summary["model"], summary["setting"])] = frame.set_index("user")["Recall@20"]
         selected = summary["selected"]
+        metric = summary["train_spec"]["validation_metric"]
         row = {"dataset": summary["dataset"], "setting": summary["setting"], "model": summary["model"],
+               "seed": summary["seed"],
                "config": json.dumps({k: v for k, v in selected["config"].items() if v is not None}),
-               "best_epoch": selected["best_epoch"],
-               "val " + summary["train_spec"]["validation_metric"]:
-                   selected[summary["train_spec"]["validation_metric"]]}
+               "best_epoch": selected["best_epoch"], "val " + metric: selected[metric]}
         row.update({m: summary["test"].get(m) for m in sorted(summary["test"])})
         row["users"] = summary["test_users"]  # every mean of the row is over these users
         row["seconds"] = summary["seconds"]
@@ -56,16 +62,12 @@ def results_table(study: StudySpec) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     if table.empty:
         return table
-    baseline = next((v for (m, _), v in per_user.items() if m == BASELINE), None)
-    if baseline is not None:
+    baselines = {key[:2]: vector for key, vector in per_user.items() if key[2] == BASELINE}
+    if baselines:  # paired over the same users (refused otherwise), per dataset and seed
         table[f"p vs {BASELINE} (Recall@20)"] = [
-            _p_value(per_user[(r.model, r.setting)], baseline) for r in table.itertuples()]
+            paired_tests(baselines[(r.dataset, r.seed)], per_user[(r.dataset, r.seed, r.model, r.setting)]).wilcoxon_p
+            if (r.dataset, r.seed) in baselines else float("nan") for r in table.itertuples()]
     return table
-
-
-def _p_value(run: pd.DataFrame, baseline: pd.DataFrame) -> float:
-    joined = run.merge(baseline, on="user", suffixes=("", "_base"))
-    return paired_test(joined["Recall@20"], joined["Recall@20_base"])
 
 
 def write_all(study: StudySpec) -> pd.DataFrame:
@@ -88,7 +90,7 @@ def to_markdown(table: pd.DataFrame, columns: list[str] | None = None) -> str:
     if table.empty:
         return "_no runs yet_\n"
     if columns is None:
-        columns = ["setting", "model", *HEADLINE, "users", f"p vs {BASELINE} (Recall@20)", "best_epoch"]
+        columns = ["dataset", "setting", "model", "seed", *HEADLINE, "users", f"p vs {BASELINE} (Recall@20)", "best_epoch"]
     shown = [c for c in columns if c in table.columns]
     lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
     for _, row in table[shown].iterrows():
@@ -99,11 +101,11 @@ def to_markdown(table: pd.DataFrame, columns: list[str] | None = None) -> str:
 
 def plot_headline(table: pd.DataFrame, path: Path) -> None:
     metrics = [m for m in HEADLINE[:3] if m in table.columns]
-    long = table.melt(id_vars=["model", "setting"], value_vars=metrics, var_name="metric")
-    grid = sns.catplot(data=long, x="model", y="value", hue="setting", col="metric", kind="bar",
-                       sharey=False, height=3.2, aspect=1.1)
-    grid.set_titles("{col_name}")
-    grid.figure.suptitle(f"Test metrics, dataset {table['dataset'].iloc[0]}", y=1.03)
+    long = table.melt(id_vars=["dataset", "model", "setting"], value_vars=metrics, var_name="metric")
+    grid = sns.catplot(data=long, x="model", y="value", hue="setting", col="metric", row="dataset",
+                       kind="bar", sharey=False, height=3.2, aspect=1.1)
+    grid.set_titles("{row_name}: {col_name}")
+    grid.figure.suptitle("Test metrics of the selected configurations", y=1.03)
     save_figure_atomic(grid.figure, path, dpi=120, bbox_inches="tight")
     plt.close(grid.figure)
 

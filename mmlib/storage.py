@@ -28,14 +28,16 @@ import os
 import re
 import secrets
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from mmlib.errors import MmlibError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -180,9 +182,10 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def _json_default(value):
-    if isinstance(value, np.generic):
+    np = sys.modules.get("numpy")  # a numpy value means numpy is loaded: never import it for this
+    if np is not None and isinstance(value, np.generic):
         return value.item()
-    if isinstance(value, np.ndarray):
+    if np is not None and isinstance(value, np.ndarray):
         return value.tolist()
     return str(value)
 
@@ -196,6 +199,8 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 
 def save_npy_atomic(path: Path, array: np.ndarray) -> None:
+    import numpy as np  # here, not at the top: parsing a study needs storage, not numpy
+
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:  # a file object: np.save would append ".npy" to a bare name
             np.save(fh, array, allow_pickle=False)

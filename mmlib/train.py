@@ -294,6 +294,22 @@ def _fit_result(saved) -> FitResult:
     return FitResult(**saved)
 
 
+def train_point(model_name: str, point: dict, base: TrainSpec, data: TrainData, val: sp.csr_matrix,
+                test: sp.csr_matrix, where: str = "models") -> tuple[FitResult, Evaluation | None]:
+    """Train one grid point (epoch chosen on validation) and evaluate its best state on test.
+    The test numbers are read only by a selection that chose this point on validation; a point
+    that diverged before its first validation has no state and no test (None)."""
+    model_cls = MODELS.get(model_name)
+    spec, params = split_config(model_cls, point, base, f"{where}.{model_name}")
+    trial = fit(model_cls, params, spec, data, val, label=model_name)
+    trial.config = {**trial.config, **point}  # also the training keys the grid varied
+    if trial.state is None:
+        return trial, None
+    model = model_cls(params, data).to(data.device)
+    model.load_state_dict(trial.state)
+    return trial, evaluate_model(model, data.train, test, spec)
+
+
 def train_and_select(model_name: str, grid: list[dict], base: TrainSpec, data: TrainData,
                      val: sp.csr_matrix, test: sp.csr_matrix, where: str = "models",
                      checkpoints: TrialCheckpoints | None = None) -> RunResult:

@@ -33,6 +33,7 @@
 
 # %% tags=["parameters"]
 study = "../params/default.yaml"
+dataset = ""  # a dataset of the study; "" for a study with one
 
 # %%
 import logging
@@ -42,7 +43,7 @@ from mmlib.study import load_study
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 spec = load_study(study)
-dataset = pipeline.prepare(spec)
+data = pipeline.prepare(spec, dataset or None)
 
 # %% [markdown]
 # ## What was built
@@ -53,8 +54,8 @@ dataset = pipeline.prepare(spec)
 # %%
 import json
 
-print(json.dumps(dataset.manifest["statistics"], indent=2))
-print("steps:", json.dumps(dataset.manifest.get("steps", []), indent=2))
+print(json.dumps(data.manifest["statistics"], indent=2))
+print("steps:", json.dumps(data.manifest.get("steps", []), indent=2))
 
 # %% [markdown]
 # ## A look at the items
@@ -64,10 +65,10 @@ print("steps:", json.dumps(dataset.manifest.get("steps", []), indent=2))
 import matplotlib.pyplot as plt
 from PIL import Image
 
-sample = dataset.items[dataset.items["has_image"]].head(8)
+sample = data.items[data.items["has_image"]].head(8)
 fig, axes = plt.subplots(1, len(sample), figsize=(2 * len(sample), 2.6))
 for ax, (_, row) in zip(axes, sample.iterrows()):
-    ax.imshow(Image.open(dataset.root / row["image"]))
+    ax.imshow(Image.open(data.root / row["image"]))
     ax.set_title(str(row["text"])[:28], fontsize=6)
     ax.axis("off")
 plt.show()
@@ -77,7 +78,7 @@ plt.show()
 # Long tails on both sides, as in the Amazon datasets of the paper.
 
 # %%
-inter = dataset.interactions
+inter = data.interactions
 fig, axes = plt.subplots(1, 2, figsize=(8, 2.8))
 inter.groupby("user").size().plot.hist(bins=40, ax=axes[0], log=True, title="interactions per user")
 inter.groupby("item").size().plot.hist(bins=40, ax=axes[1], log=True, title="interactions per item")

@@ -28,6 +28,7 @@
 # %% tags=["parameters"]
 study = "../params/default.yaml"
 setting = "histogram+tfidf"
+dataset = ""  # a dataset of the study; "" for a study with one
 
 # %%
 import json
@@ -38,7 +39,7 @@ from mmlib.study import load_study
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 spec = load_study(study)
-features = pipeline.extract(spec, setting)
+features = pipeline.extract(spec, setting, dataset or None)
 for modality, matrix in features.matrices.items():
     print(f"{modality}: {matrix.shape}, present rows {int(features.masks[modality].sum())}")
 

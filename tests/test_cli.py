@@ -15,6 +15,14 @@ def test_list_models_and_extractors(capsys):
     assert {"color_histogram", "tfidf_svd", "sentence_transformers"} <= set(extractors)
 
 
+def test_list_extractors_from_the_cards_names_every_registered_extractor(capsys):
+    """`mmlib list extractors` reads the torch-free cards; they name exactly the registry's classes."""
+    from mmlib.registry import EXTRACTORS
+
+    assert main(["list", "extractors"]) == 0
+    assert capsys.readouterr().out.split() == EXTRACTORS.names()
+
+
 def test_console_script_help_lists_the_stages():
     out = subprocess.run([sys.executable, "-m", "mmlib.cli", "--help"], capture_output=True, text=True, check=True).stdout
     for stage in ("prepare", "extract", "train", "report", "batch", "list", "bench"):

@@ -69,15 +69,18 @@ def test_batch_executes_every_notebook_and_writes_table_and_figures(tmp_path):
         train={"epochs": 4, "eval_every": 2},
         models={"MostPop": {}, "BPRMF": {"lr": 0.01, "l_w": 1.0e-5}, "VBPR": {"lr": 0.01, "l_w": 1.0e-5}},
     )
-    jobs = run_batch(path)
+    summary = run_batch(path, progress=False)
     out = tmp_path / "outputs"
-    assert [j.output.name for j in jobs] == [
-        "01_data.ipynb", "02_extract__histogram+tfidf.ipynb", "03_train__MostPop__no-features.ipynb",
-        "03_train__BPRMF__no-features.ipynb", "03_train__VBPR__histogram+tfidf.ipynb", "04_analysis.ipynb"]
-    for job in jobs:
-        executed = json.loads(job.output.read_text())
+    assert not summary.failed and summary.count("run") == {"done": 3, "skipped": 0, "failed": 0, "blocked": 0}
+    notebooks = [Path(o.record) for key, o in summary.outcomes.items() if not key.startswith("run/")]
+    assert [n.name for n in notebooks] == [
+        "01_data__tiny-shop.ipynb", "02_extract__tiny-shop__histogram+tfidf.ipynb",
+        "03_train__tiny-shop__no-features__MostPop.ipynb", "03_train__tiny-shop__no-features__BPRMF.ipynb",
+        "03_train__tiny-shop__histogram+tfidf__VBPR.ipynb", "04_analysis.ipynb"]
+    for notebook in notebooks:
+        executed = json.loads(notebook.read_text())
         injected = [c for c in executed["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
-        assert injected, f"{job.output.name}: papermill did not inject parameters"
+        assert injected, f"{notebook.name}: papermill did not inject parameters"
     table = pd.read_csv(out / "tables" / "results.csv")
     assert len(table) == 3 and table["Recall@20"].between(0, 1).all()
     assert "| VBPR |" in (out / "tables" / "results.md").read_text()

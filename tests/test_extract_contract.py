@@ -39,6 +39,31 @@ def test_registry_has_the_three_extractors():
     assert {"color_histogram", "tfidf_svd", "sentence_transformers"} <= set(EXTRACTORS.names())
 
 
+def test_every_card_has_its_registered_class_and_the_class_takes_its_traits_from_it():
+    from mmlib.extract import cards
+
+    assert cards.names() == EXTRACTORS.names()
+    for name in cards.names():
+        card, cls = cards.card(name), EXTRACTORS.get(name)
+        assert cls.card is card and cls.registered_name == name and cls.__module__ == card.module
+        assert cls.Options is card.Options and cls.modalities == card.modalities
+
+
+def test_a_setting_is_checked_once_without_building_and_built_from_that_check():
+    from mmlib.extract import cards
+    from mmlib.extract.base import build_setting
+
+    setting = {"visual": {"extractor": "clip"}, "textual": "clip"}
+    checked = cards.check_setting(setting, "s")
+    assert checked["visual"] is checked["textual"] and checked["visual"].options == cards.ClipOptions()
+    built = build_setting(setting, "s")
+    assert built["visual"] is built["textual"] and built["visual"].options == checked["visual"].options
+    with pytest.raises(MmlibError, match=r"s\.textual: extractor 'color_histogram' cannot produce"):
+        cards.check_setting({"textual": {"extractor": "color_histogram"}}, "s")
+    with pytest.raises(MmlibError, match=r"s\.visual \(extractor 'color_histogram'\).*bins.*between 1 and 64"):
+        build_setting({"visual": {"extractor": "color_histogram", "bins": 0}}, "s")
+
+
 # The contract every registered extractor passes (shapes, dtype, determinism, presence masks, fill,
 # manifest, cache reuse) is `mmlib.testing.extractor_checks`, run by tests/test_common_checks.py.
 

@@ -148,38 +148,38 @@ def test_run_summary_and_results_table_report_the_users_behind_each_mean(trained
 
 def test_a_truncated_run_summary_is_retrained_and_the_other_runs_are_kept(trained, caplog):
     study, _, summaries = trained
-    summary_path = pipeline.run_dir(study, "BPRMF", None) / "run.json"
+    summary_path = pipeline.selection_dir(study, "BPRMF", None) / "selection.json"
     summary_path.write_text(summary_path.read_text()[:100])
-    mostpop_before = (pipeline.run_dir(study, "MostPop", None) / "run.json").read_bytes()
+    mostpop_before = (pipeline.selection_dir(study, "MostPop", None) / "selection.json").read_bytes()
     with caplog.at_level(logging.WARNING):
         assert report.results_table(study)["model"].tolist() == ["MostPop"]  # absent, not trusted
         again = pipeline.train(study, "BPRMF")
     assert "truncated, edited" in caplog.text
-    assert again["test"] == summaries["BPRMF"]["test"]  # retrained (from its checkpoints), same numbers
-    assert (pipeline.run_dir(study, "MostPop", None) / "run.json").read_bytes() == mostpop_before
+    assert again["test"] == summaries["BPRMF"]["test"]  # selected again from its finished runs, same numbers
+    assert (pipeline.selection_dir(study, "MostPop", None) / "selection.json").read_bytes() == mostpop_before
 
 
 def test_a_run_summary_with_an_edited_metric_fails_its_checksum(trained, caplog):
     study, _, _ = trained
-    path = pipeline.run_dir(study, "BPRMF", None) / "run.json"
+    path = pipeline.selection_dir(study, "BPRMF", None) / "selection.json"
     data = json.loads(path.read_text())
     data["test"]["Recall@20"] = 0.99  # a forged result
     path.write_text(json.dumps(data))
     with caplog.at_level(logging.WARNING):
-        assert pipeline.read_run(path.parent) is None
+        assert pipeline.read_selection(path.parent) is None
         assert "BPRMF" not in report.results_table(study)["model"].tolist()
 
 
 def test_per_user_vectors_replaced_after_the_run_make_the_run_absent(trained, caplog):
     study, _, summaries = trained
-    folder = pipeline.run_dir(study, "BPRMF", None)
-    mostpop = pipeline.run_dir(study, "MostPop", None) / "test_per_user.parquet"
+    folder = pipeline.selection_dir(study, "BPRMF", None)
+    mostpop = pipeline.selection_dir(study, "MostPop", None) / "test_per_user.parquet"
     (folder / "test_per_user.parquet").write_bytes(mostpop.read_bytes())  # another run's vectors
     with caplog.at_level(logging.WARNING):
-        assert pipeline.read_run(folder) is None
+        assert pipeline.read_selection(folder) is None
     assert "changed or vanished" in caplog.text
     assert pipeline.train(study, "BPRMF")["test"] == summaries["BPRMF"]["test"]
-    assert pipeline.read_run(folder) is not None
+    assert pipeline.read_selection(folder) is not None
 
 
 # ----------------------------------------------------------------------------- trial checkpoints
@@ -367,9 +367,9 @@ def test_two_processes_training_one_run_take_turns_and_train_it_once(tmp_path):
     assert all(p.returncode == 0 for p in procs), outputs
     keys = {line.split()[1] for out in outputs for line in out.splitlines() if line.startswith("KEY")}
     assert len(keys) == 1
-    assert sum("reusing run" in out for out in outputs) == 1  # the second waited, then reused
-    folder = pipeline.run_dir(load_study(path), "BPRMF", None)
-    assert pipeline.read_run(folder) is not None
+    assert sum("reusing selection" in out for out in outputs) == 1  # the second waited, then reused
+    folder = pipeline.selection_dir(load_study(path), "BPRMF", None)
+    assert pipeline.read_selection(folder) is not None
     assert not [p for p in folder.rglob("*") if ".tmp-" in p.name]
 
 

@@ -1,4 +1,4 @@
-"""Classical recommenders (ItemKNN, NGCF, LightGCN, SGL, SimGCL) and the graph code they share:
+"""Classical recommenders (ItemKNN, UserKNN, NGCF, LightGCN, SGL, SimGCL) and the graph code they share:
 hand-computed cases, properties that must hold, and the memory of the blockwise kNN builder
 (quality on planted structure: tests/test_models_quality.py)."""
 
@@ -175,6 +175,41 @@ def test_itemknn_hand_computed_scores():
     # shrink 1: s = dot / (|a||b| + 1): (i0,i1) = 2/3, (i2,i3) = 1/(sqrt 2 + 1), (i0,i2) = 1/3
     shrunk = build("ItemKNN", data, k=1, shrink=1.0).score(torch.tensor([1]))
     torch.testing.assert_close(shrunk, torch.tensor([[2 / 3, 2 / 3, 0, 1 / (math.sqrt(2) + 1)]]))
+
+
+
+# UserKNN on a hand-made matrix, 4 users x 5 items (i4 has no interactions):
+# u0 {i0, i1}, u1 {i0, i1, i2}, u2 {i2, i3}, u3 {i1, i3}; norms sqrt 2, sqrt 3, sqrt 2, sqrt 2.
+# Cosines: (u0,u1) = 2/sqrt 6 = A ~ 0.816, (u0,u3) = (u2,u3) = 1/2, (u1,u2) = (u1,u3) = 1/sqrt 6 = B
+# ~ 0.408, (u0,u2) = 0.
+USERKNN_MATRIX = matrix([[0, 1], [0, 1, 2], [2, 3], [1, 3]], 5)
+A, B = 2 / math.sqrt(6), 1 / math.sqrt(6)
+
+
+def test_userknn_hand_computed_scores():
+    data = TrainData(n_users=4, n_items=5, train=USERKNN_MATRIX)
+    r = USERKNN_MATRIX.toarray().astype(np.float64)  # rows r_u0 .. r_u3
+    # k = 1: u0 -> u1 (A), u1 -> u0 (A), u2 -> u3 (1/2 > B), u3 -> u0 (tie 1/2 with u2: lower index);
+    # x_ui = sum over u's neighbours v of s_uv r_vi
+    expected_k1 = [A * r[1], A * r[0], 0.5 * r[3], 0.5 * r[0]]
+    torch.testing.assert_close(build("UserKNN", data, k=1).score(torch.arange(4)),
+                               torch.tensor(np.array(expected_k1), dtype=torch.float32))
+    # k = 2: u0 -> {u1: A, u3: 1/2}, u1 -> {u0: A, u2: B (tie B with u3: lower index)},
+    # u2 -> {u3: 1/2, u1: B}, u3 -> {u0: 1/2, u2: 1/2}
+    expected_k2 = [[A, A + 0.5, A, 0.5, 0], [A, A, B, B, 0], [B, B + 0.5, B, 0.5, 0], [0.5, 0.5, 0.5, 0.5, 0]]
+    model = build("UserKNN", data, k=2)
+    torch.testing.assert_close(model.score(torch.arange(4)), torch.tensor(expected_k2, dtype=torch.float32))
+    np.testing.assert_allclose(model.neighbours.toarray(),
+                               [[0, A, 0, 0.5], [A, 0, B, 0], [0, B, 0, 0.5], [0.5, 0, 0.5, 0]], rtol=1e-6)
+    # a subset of users, in any order, gets the same rows; one user per block builds the same graph
+    torch.testing.assert_close(build("UserKNN", data, k=2, block_size=1).score(torch.tensor([3, 1])),
+                               torch.tensor([expected_k2[3], expected_k2[1]], dtype=torch.float32))
+    # the default k (40) is cut to the 3 other users: u1 -> {u0: A, u2: B, u3: B}
+    torch.testing.assert_close(build("UserKNN", data).score(torch.tensor([1])),
+                               torch.tensor(A * r[0] + B * r[2] + B * r[3], dtype=torch.float32)[None])
+    # shrink 1: s = dot / (|a||b| + 1): (u0,u1) = 2/(sqrt 6 + 1), (u1,u2) = (u1,u3) = 1/(sqrt 6 + 1)
+    shrunk = build("UserKNN", data, k=1, shrink=1.0).score(torch.tensor([1]))
+    torch.testing.assert_close(shrunk, torch.tensor(2 / (math.sqrt(6) + 1) * r[0], dtype=torch.float32)[None])
 
 
 def test_sparse_cosine_topk_matches_dense_reference_across_blocks():

@@ -1,17 +1,45 @@
 """Data layer: sources, preprocessing, splits and the Dataset artifact. Imports no other mmlib stage.
 
 Entry point: `prepare_dataset(DatasetSpec | dict, out_dir) -> Dataset` (see `mmlib.data.prepare`).
+
+Importing this package imports nothing heavy: each name below is imported from its module on first
+access (PEP 562), so that `mmlib.data.spec` (DatasetSpec, SplitSpec, data_root: what a study is
+validated with) loads without pandas, scipy, pyarrow or PIL.
 """
 
-from mmlib.data.dataset import Dataset
-from mmlib.data.export import to_elliot, to_mmrec
-from mmlib.data.prepare import DatasetSpec, SplitSpec, data_root, prepare_dataset
-from mmlib.data.preprocess import apply_missing_modality, kcore
-from mmlib.data.sources import SOURCES
-from mmlib.data.splits import apply_split
-from mmlib.data.synthetic import SyntheticOptions, generate_synthetic
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {  # name -> module that defines it
+    "Dataset": "mmlib.data.dataset",
+    "DatasetSpec": "mmlib.data.spec",
+    "SOURCES": "mmlib.data.sources",
+    "SplitSpec": "mmlib.data.spec",
+    "SyntheticOptions": "mmlib.data.spec",
+    "apply_missing_modality": "mmlib.data.preprocess",
+    "apply_split": "mmlib.data.splits",
+    "data_root": "mmlib.data.spec",
+    "generate_synthetic": "mmlib.data.synthetic",
+    "kcore": "mmlib.data.preprocess",
+    "prepare_dataset": "mmlib.data.prepare",
+    "to_elliot": "mmlib.data.export",
+    "to_mmrec": "mmlib.data.export",
+}
 
 __all__ = [
-    "Dataset", "DatasetSpec", "SplitSpec", "SOURCES", "SyntheticOptions", "apply_missing_modality",
+    "SOURCES", "Dataset", "DatasetSpec", "SplitSpec", "SyntheticOptions", "apply_missing_modality",
     "apply_split", "data_root", "generate_synthetic", "kcore", "prepare_dataset", "to_elliot", "to_mmrec",
 ]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # once
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -27,11 +27,11 @@ import pandas as pd
 from PIL import Image
 
 from mmlib.data.inputs import InputLog
+from mmlib.data.spec import DEFAULT_MAX_PIXELS
 from mmlib.errors import MmlibError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_PIXELS = 89_478_485  # PIL's Image.MAX_IMAGE_PIXELS default (about 0.25 GB of RGB)
 IMAGE_DIR = "images"
 
 

@@ -41,20 +41,23 @@ import os
 import re
 import secrets
 import shutil
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
 from mmlib import storage
-from mmlib.config import from_mapping
 from mmlib.data import preprocess
 from mmlib.data.dataset import Dataset
 from mmlib.data.images import ingest_images, prune_images
 from mmlib.data.inputs import InputLog, changed_inputs, fingerprint
-from mmlib.data.sources import SourceData, options_class, source_info
+from mmlib.data.sources import SourceData, source_info
+from mmlib.data.spec import (  # noqa: F401  (data_root, SplitSpec: re-exported, their home was here)
+    DatasetSpec,
+    SplitSpec,
+    data_root,
+    resolve_data_path,
+)
 from mmlib.data.splits import apply_split, check_fixed
 from mmlib.errors import MmlibError
 
@@ -64,94 +67,6 @@ log = logging.getLogger(__name__)
 PREPARE_VERSION = 2
 #: The per-file records of the source fingerprint (the manifest holds their summary).
 INPUTS_FILE = "inputs.json"
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def data_root() -> Path:
-    """Where relative dataset paths point: $MMLIB_DATA if set, else ../shared/data next to the repo."""
-    env = os.environ.get("MMLIB_DATA")
-    if env:
-        return Path(env).expanduser()
-    return REPO_ROOT.parent / "shared" / "data"
-
-
-def resolve_data_path(path: str, where: str = "dataset.path") -> Path:
-    p = Path(path).expanduser()
-    full = p if p.is_absolute() else data_root() / p
-    if not full.is_dir():
-        origin = ("$MMLIB_DATA" if os.environ.get("MMLIB_DATA") else "the default ../shared/data") + f" = {data_root()}"
-        raise MmlibError(
-            f"{where}: data folder {full} does not exist (relative paths resolve against {origin}). "
-            "Set the environment variable MMLIB_DATA to the folder that holds your datasets, "
-            "or give an absolute path."
-        )
-    return full
-
-
-@dataclass
-class SplitSpec:
-    """How to split. `strategy` None means: `fixed` when the source brings a split, else `elliot`.
-    `test_ratio`/`val_ratio` apply to `elliot` only (mmrec is 8/1/1, temporal leave-last-out)."""
-
-    strategy: Literal["elliot", "mmrec", "temporal", "fixed"] | None = None
-    test_ratio: float = 0.2
-    val_ratio: float = 0.1
-    seed: int = 42
-
-    def __post_init__(self) -> None:
-        for name in ("test_ratio", "val_ratio"):
-            value = getattr(self, name)
-            if not 0.0 < value < 1.0:
-                raise MmlibError(f"split.{name}={value} must lie strictly between 0 and 1.")
-        if self.strategy not in (None, "elliot") and (self.test_ratio, self.val_ratio) != (0.2, 0.1):
-            raise MmlibError(
-                f"split: test_ratio/val_ratio apply to strategy 'elliot' only, not {self.strategy!r} "
-                "(mmrec is a fixed 8/1/1, temporal is leave-last-out); remove them."
-            )
-
-    def resolved(self, provides_split: bool) -> str:
-        return self.strategy or ("fixed" if provides_split else "elliot")
-
-
-@dataclass
-class DatasetSpec:
-    source: str
-    name: str
-    path: str | None = None
-    options: dict = field(default_factory=dict)
-    kcore: int | None = None
-    missing_modality: Literal["drop", "keep"] = "drop"
-    split: SplitSpec = field(default_factory=SplitSpec)
-
-    def __post_init__(self) -> None:
-        if isinstance(self.split, dict):
-            self.split = from_mapping(SplitSpec, self.split, "dataset.split")
-        info = source_info(self.source)
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name or ""):
-            raise MmlibError(
-                f"dataset.name={self.name!r}: use letters, digits, '.', '_' or '-' (it names a folder)."
-            )
-        if info.needs_path and not self.path:
-            raise MmlibError(f"dataset.path: source {self.source!r} reads a folder; set `path`.")
-        if not info.needs_path and self.path:
-            raise MmlibError(f"dataset.path: source {self.source!r} reads no folder; remove `path`.")
-        # validate the options now (raises on unknown keys / wrong types)
-        from_mapping(options_class(self.source), self.options or {}, f"dataset.options ({self.source})")
-        if self.kcore is not None and self.kcore < 1:
-            raise MmlibError(f"dataset.kcore={self.kcore} must be a positive integer (or null).")
-        if self.split.strategy == "fixed" and not info.provides_split:
-            raise MmlibError(
-                f"dataset.split.strategy: source {self.source!r} has no split of its own; "
-                "choose elliot, mmrec or temporal."
-            )
-
-    @classmethod
-    def from_mapping(cls, data: Any, where: str = "dataset") -> "DatasetSpec":
-        return from_mapping(cls, data, where)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _spec_record(spec: DatasetSpec) -> dict:
@@ -175,7 +90,7 @@ def _input_base(spec: DatasetSpec, manifest: dict) -> Path | None:
     """Where the recorded source files are now: the spec's folder (it may have moved with
     $MMLIB_DATA), else the folder recorded at build time."""
     if spec.path:
-        return resolve_data_path(spec.path)
+        return resolve_data_path(spec.path, create=source_info(spec.source).card.downloads)
     base = (manifest.get("inputs") or {}).get("base")
     return Path(base) if base else None
 
@@ -250,7 +165,7 @@ def _normalise(items: pd.DataFrame, users: pd.DataFrame, inter: pd.DataFrame):
 
 def load_source(spec: DatasetSpec, work_dir: Path) -> tuple[SourceData, Path | None]:
     info = source_info(spec.source)
-    folder = resolve_data_path(spec.path) if info.needs_path else None
+    folder = resolve_data_path(spec.path, create=info.card.downloads) if info.needs_path else None
     data = info.loader(folder, spec.options or {}, work_dir)
     return data, folder
 

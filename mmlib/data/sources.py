@@ -15,9 +15,13 @@ file, the column and the data row (a NaN rating would otherwise reach graded nDC
 | `elliot_tsv`        | `train.tsv`, `val.tsv`, `test.tsv`: user, item, rating[, timestamp], no header | yes |
 | `mmrec`             | `<name>.inter` (header userID itemID [rating] [timestamp] x_label), or LATTICE-style `train.json`/`val.json`/`test.json` | yes |
 | `movielens_posters` | `ml-latest-small/{ratings,movies,tags}.csv` + `posters/<movieId>.jpg` | no   |
+| `amazon2014`        | downloads `reviews_<Category>_5.json.gz`, `meta_<Category>.json.gz` and the images into `path` (see `mmlib.data.amazon2014`) | no |
 
 Image paths are relative to `SourceData.root` and left unresolved: prepare refuses any that resolve
 (through '..' or a symbolic link) outside that folder.
+
+A source is a card in `mmlib.data.spec` (name, options dataclass, needs a folder, brings a split:
+what a study is validated against, without pandas) and a loader here, in `LOADERS`.
 """
 
 from __future__ import annotations
@@ -33,8 +37,19 @@ import numpy as np
 import pandas as pd
 
 from mmlib.config import from_mapping
+from mmlib.data.amazon2014 import read_amazon2014
 from mmlib.data.inputs import InputLog
-from mmlib.data.synthetic import SyntheticOptions, generate_synthetic
+from mmlib.data.spec import (
+    ElliotTsvOptions,
+    MmrecOptions,
+    MovielensOptions,
+    SourceCard,
+    SyntheticOptions,
+    options_class,  # noqa: F401  (re-exported: its home was here)
+    source_card,
+    source_names,
+)
+from mmlib.data.synthetic import generate_synthetic
 from mmlib.errors import MmlibError
 from mmlib.storage import confined
 
@@ -167,15 +182,6 @@ def load_synthetic(path: Path | None, options: dict, work_dir: Path) -> SourceDa
 # -- elliot_tsv ------------------------------------------------------------------------------------
 
 
-@dataclass
-class ElliotTsvOptions:
-    """Options of `elliot_tsv`: the three file names inside the folder."""
-
-    train: str = "train.tsv"
-    val: str = "val.tsv"
-    test: str = "test.tsv"
-
-
 def load_elliot_tsv(path: Path, options: dict, work_dir: Path | None = None) -> SourceData:
     opt = from_mapping(ElliotTsvOptions, options or {}, "dataset.options (elliot_tsv)")
     inputs = InputLog(Path(path))
@@ -204,13 +210,6 @@ def load_elliot_tsv(path: Path, options: dict, work_dir: Path | None = None) -> 
 
 
 # -- mmrec -----------------------------------------------------------------------------------------
-
-
-@dataclass
-class MmrecOptions:
-    """Options of `mmrec`: which `.inter` file (needed when the folder holds several)."""
-
-    inter: str | None = None
 
 
 X_LABELS = {0: "train", 1: "val", 2: "test"}
@@ -318,13 +317,6 @@ def load_mmrec(path: Path, options: dict, work_dir: Path | None = None) -> Sourc
 # -- movielens_posters -----------------------------------------------------------------------------
 
 
-@dataclass
-class MovielensOptions:
-    """Options of `movielens_posters`: include user tags in the item text."""
-
-    tags: bool = True
-
-
 def load_movielens_posters(path: Path, options: dict, work_dir: Path | None = None) -> SourceData:
     opt = from_mapping(MovielensOptions, options or {}, "dataset.options (movielens_posters)")
     folder = Path(path)
@@ -409,30 +401,46 @@ def load_movielens_posters(path: Path, options: dict, work_dir: Path | None = No
 
 @dataclass(frozen=True)
 class SourceInfo:
+    """A source's card (`mmlib.data.spec`) and its loader."""
+
+    card: SourceCard
     loader: Callable[..., SourceData]
-    needs_path: bool
-    provides_split: bool
-    options: type  # dataclass that validates `options`
+
+    @property
+    def needs_path(self) -> bool:
+        return self.card.needs_path
+
+    @property
+    def provides_split(self) -> bool:
+        return self.card.provides_split
+
+    @property
+    def options(self) -> type:  # dataclass that validates `options`
+        return self.card.Options
 
 
-SOURCES: dict[str, SourceInfo] = {
-    "synthetic": SourceInfo(load_synthetic, False, False, SyntheticOptions),
-    "elliot_tsv": SourceInfo(load_elliot_tsv, True, True, ElliotTsvOptions),
-    "mmrec": SourceInfo(load_mmrec, True, True, MmrecOptions),
-    "movielens_posters": SourceInfo(load_movielens_posters, True, False, MovielensOptions),
+# -- amazon2014 (downloading; mmlib.data.amazon2014) ------------------------------------------------
+
+
+def load_amazon2014(path: Path, options: dict, work_dir: Path | None = None) -> SourceData:
+    return SourceData(**read_amazon2014(path, options))
+
+
+#: source name -> loader(path, options, work_dir) -> SourceData; one per card in mmlib.data.spec
+LOADERS: dict[str, Callable[..., SourceData]] = {
+    "synthetic": load_synthetic,
+    "elliot_tsv": load_elliot_tsv,
+    "mmrec": load_mmrec,
+    "movielens_posters": load_movielens_posters,
+    "amazon2014": load_amazon2014,
 }
+
+if set(LOADERS) != set(source_names()):
+    raise ImportError(f"mmlib.data.sources: the loaders ({sorted(LOADERS)}) and the source cards of "
+                      f"mmlib.data.spec ({sorted(source_names())}) must name the same sources.")
+
+SOURCES: dict[str, SourceInfo] = {name: SourceInfo(source_card(name), LOADERS[name]) for name in source_names()}
 
 
 def source_info(name: str, where: str = "dataset.source") -> SourceInfo:
-    if name not in SOURCES:
-        import difflib
-
-        close = difflib.get_close_matches(str(name), SOURCES, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise MmlibError(f"{where}: unknown source {name!r}.{hint} Known sources: {', '.join(SOURCES)}.")
-    return SOURCES[name]
-
-
-def options_class(name: str) -> type:
-    """The dataclass that validates the `options` of source `name`."""
-    return source_info(name).options
+    return SOURCES[source_card(name, where).name]

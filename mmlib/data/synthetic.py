@@ -28,15 +28,14 @@ from __future__ import annotations
 import colorsys
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from mmlib.config import from_mapping
-from mmlib.errors import MmlibError
+from mmlib.data.spec import SyntheticOptions
 
 log = logging.getLogger(__name__)
 
@@ -106,52 +105,6 @@ HEADS = [
     "{np}.", "{a} {np}.", "The {np} you were looking for.", "Meet our {np}.", "{np} - new arrival.",
     "This {np} is a bestseller.", "Introducing the {np}.", "Our {np}.",
 ]
-
-
-@dataclass
-class SyntheticOptions:
-    """Options of the `synthetic` source (all optional; the defaults are the embedded default)."""
-
-    n_users: int = 2000
-    n_items: int = 800
-    n_interactions: int = 30000  # target; the realised count is within a few per cent
-    min_user_interactions: int = 5
-    seed: int = 42
-    missing_image: float = 0.03  # fraction of items without an image file
-    missing_text: float = 0.03  # fraction of items with an empty text
-    image_size: int = 64  # pixels (square PNG)
-    taste_strength: float = 3.5  # weight of attribute affinity in the choice logits
-    popularity_exponent: float = 0.8  # Zipf exponent of item popularity (log-weight 1)
-
-    def __post_init__(self) -> None:
-        where = "synthetic options"
-        for name in ("n_users", "n_items", "min_user_interactions"):
-            if getattr(self, name) < 1:
-                raise MmlibError(f"{where}: {name}={getattr(self, name)} must be >= 1.")
-        if self.min_user_interactions > self.n_items:
-            raise MmlibError(
-                f"{where}: min_user_interactions={self.min_user_interactions} exceeds "
-                f"n_items={self.n_items}; lower it or add items."
-            )
-        lo = self.n_users * self.min_user_interactions
-        hi = self.n_users * self.n_items // 2
-        if not lo <= self.n_interactions <= max(lo, hi):
-            raise MmlibError(
-                f"{where}: n_interactions={self.n_interactions} must lie between "
-                f"n_users*min_user_interactions={lo} and half the user-item matrix ({hi})."
-            )
-        for name in ("missing_image", "missing_text"):
-            value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
-                raise MmlibError(f"{where}: {name}={value} must be a fraction in [0, 1).")
-        if not 16 <= self.image_size <= 512:
-            raise MmlibError(f"{where}: image_size={self.image_size} must be between 16 and 512.")
-        if self.taste_strength < 0 or self.popularity_exponent < 0:
-            raise MmlibError(f"{where}: taste_strength and popularity_exponent must be >= 0.")
-
-    @classmethod
-    def from_options(cls, options: dict | None, where: str = "synthetic options") -> "SyntheticOptions":
-        return from_mapping(cls, options or {}, where)
 
 
 # -- images ----------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@
                                 out_root=Path("outputs/features") / dataset.name)
     features["visual"], features.masks["visual"], features.manifest
 
-Registered extractors (`EXTRACTORS.names()`):
+Registered extractors (`EXTRACTORS.names()`, the same as `mmlib.extract.cards.names()`):
 - weight-free: color_histogram, tfidf_svd;
 - the paper's: resnet50 (+ `weights` for MMFashion), sentence_transformers (Sentence-BERT; the
   paper's checkpoint is sentence-transformers/all-mpnet-base-v2), clip, align, altclip;
@@ -16,20 +16,60 @@ Registered extractors (`EXTRACTORS.names()`):
   hf_text (any transformers text encoder, masked mean pooling).
 The paper's five settings are presets: `load_preset("clip")` reads params/extractors/clip.yaml.
 `mmlib.testing.tiny` builds tiny random-weight checkpoints of every architecture (for tests).
+
+Importing this package imports no extractor: `mmlib.extract.cards` describes every extractor (name,
+modalities, options) without torch, PIL or transformers, so that settings are checked without
+them. The names below are imported from their modules on first access (PEP 562); `load_all()`
+imports every extractor module (registering its class in `mmlib.registry.EXTRACTORS`), which the
+registry calls on first use.
 """
 
-from mmlib.extract import (  # noqa: F401  (fill the registry)
-    clip_like,
-    color_histogram,
-    hf_text,
-    sbert,
-    tfidf,
-    vision,
-)
-from mmlib.extract.base import MODALITIES, Extractor, build_extractor, modality_inputs
-from mmlib.extract.features import Features
-from mmlib.extract.pipeline import dataset_hash, extract_features
-from mmlib.extract.presets import load_preset, preset_names
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {  # name -> module that defines it
+    "MODALITIES": "mmlib.extract.cards",
+    "Extractor": "mmlib.extract.base",
+    "Features": "mmlib.extract.features",
+    "build_extractor": "mmlib.extract.base",
+    "dataset_hash": "mmlib.extract.pipeline",
+    "extract_features": "mmlib.extract.pipeline",
+    "load_preset": "mmlib.extract.presets",
+    "modality_inputs": "mmlib.extract.base",
+    "preset_names": "mmlib.extract.presets",
+}
 
 __all__ = ["MODALITIES", "Extractor", "Features", "build_extractor", "dataset_hash",
-           "extract_features", "load_preset", "modality_inputs", "preset_names"]
+           "extract_features", "load_all", "load_preset", "modality_inputs", "preset_names"]
+
+_loaded = False
+
+
+def load_all() -> None:
+    """Import the module of every extractor card (registering each extractor class), once; check
+    that every card's module registered its class."""
+    global _loaded
+    if _loaded:
+        return
+    from mmlib.extract import cards
+
+    for name in cards.names():
+        card = cards.card(name)
+        module = importlib.import_module(card.module)
+        if not any(vars(obj).get("card") is card for obj in vars(module).values() if isinstance(obj, type)):
+            raise ImportError(f"Extractor card {name!r} names module {card.module!r}, which defines no "
+                              f"class with `card={name!r}`.")
+    _loaded = True
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # once
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

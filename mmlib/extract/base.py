@@ -1,7 +1,9 @@
 """The Extractor contract.
 
 An extractor is a class registered by name in `mmlib.registry.EXTRACTORS`, built from a strictly
-parsed options dataclass (`Options`). It declares the modalities it can produce and implements:
+parsed options dataclass (`Options`). Its card (`mmlib.extract.cards`: name, module, modalities,
+`Options`, all without torch) is where those are declared, so that settings are checked without
+importing the extractor; the class names it (`class X(Extractor, card="x")`). It implements:
 
 - `spec() -> dict`: everything that determines its output (name, algorithm version, all options,
   resolved checkpoint and weights hash, preprocessing). It names the cache and goes in the manifest.
@@ -27,7 +29,6 @@ one instance serves both modalities, so its model is loaded once.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 import unicodedata
 from typing import Any, ClassVar
@@ -37,6 +38,8 @@ from tqdm.auto import tqdm
 
 from mmlib.config import from_mapping
 from mmlib.errors import MmlibError
+from mmlib.extract import cards
+from mmlib.extract.cards import MODALITIES, ExtractorCard, check_setting, check_spec
 from mmlib.extract.images import DEFAULT_MAX_PIXELS
 from mmlib.extract.loader import (
     UndecodableText,
@@ -45,8 +48,6 @@ from mmlib.extract.loader import (
     resolve_workers,
 )
 from mmlib.registry import EXTRACTORS
-
-MODALITIES = ("visual", "textual")
 
 
 def _py(value: Any) -> Any:
@@ -143,6 +144,22 @@ class Extractor:
     modalities: ClassVar[tuple[str, ...]] = ()
     version: ClassVar[int] = 1  # bump when the algorithm changes: invalidates cached features
     registered_name: ClassVar[str]
+    card: ClassVar[ExtractorCard | None] = None
+
+    def __init_subclass__(cls, card: str | None = None, **kwargs):
+        """`card="name"`: take Options and modalities from that card (the one place they are
+        declared) and register the class in `EXTRACTORS` under the card's name."""
+        super().__init_subclass__(**kwargs)
+        if card is None:
+            return
+        found = cards.card(card)
+        if cls.__module__ != found.module:
+            raise TypeError(f"Extractor {card}: its card names module {found.module!r}, but the class "
+                            f"{cls.__qualname__} is defined in {cls.__module__!r}; fix the card's module.")
+        cls.card = found
+        cls.Options = found.Options
+        cls.modalities = found.modalities
+        EXTRACTORS.register(found.name)(cls)
 
     def __init__(self, options=None):
         self.options = options if options is not None else self.Options()
@@ -283,52 +300,25 @@ class Extractor:
 
 
 def build_extractor(spec: dict | str | Extractor, where: str = "extractor") -> Extractor:
-    """Build an extractor from `{"extractor": name, **options}` (or just a name).
-
-    Unknown names and options raise MmlibError prefixed with `where` (e.g. the setting and modality).
-    """
+    """Build an extractor from `{"extractor": name, **options}` (or just a name), checked by
+    `mmlib.extract.cards.check_spec`: unknown names and options raise MmlibError prefixed with
+    `where` (e.g. the setting and modality)."""
     if isinstance(spec, Extractor):
         return spec
-    if isinstance(spec, str):
-        spec = {"extractor": spec}
-    if not isinstance(spec, dict) or "extractor" not in spec:
-        raise MmlibError(
-            f"{where}: expected a mapping with an 'extractor' key (one of "
-            f"{', '.join(EXTRACTORS.names())}) plus its options, got {spec!r}."
-        )
-    name = spec["extractor"]
-    if not isinstance(name, str):
-        raise MmlibError(f"{where}.extractor: expected a name, got {name!r}.")
-    try:
-        cls = EXTRACTORS.get(name)
-    except MmlibError as exc:
-        raise MmlibError(f"{where}.extractor: {exc}") from None
-    options = {k: v for k, v in spec.items() if k != "extractor"}
-    return cls.from_options(options, where=f"{where} (extractor {name!r})")
+    checked = check_spec(spec, where)
+    return EXTRACTORS.get(checked.name)(checked.options)
 
 
 def build_setting(setting, where: str) -> dict[str, Extractor]:
-    """The one check of an extractor setting (modality -> spec): every modality is known, every
-    spec names a registered extractor with valid options, and that extractor produces the modality.
-    Returns modality -> Extractor; modalities whose specs build the same extractor with the same
-    options (after defaults) share one instance, so a CLIP-like model is loaded once for both.
+    """The extractors of a setting (modality -> spec), after its one check
+    (`mmlib.extract.cards.check_setting`). Modalities whose specs give the same extractor with the
+    same options (after defaults) share one instance, so a CLIP-like model is loaded once for both.
     Builds are cheap: no checkpoint is resolved or loaded here."""
-    if not isinstance(setting, dict) or not setting:
-        raise MmlibError(f"{where}: the setting must map modalities ({', '.join(MODALITIES)}) to "
-                         f"extractor specs, got {setting!r}.")
+    built: dict[int, Extractor] = {}
     extractors: dict[str, Extractor] = {}
-    shared: dict[str, Extractor] = {}
-    for modality, spec in setting.items():
-        at = f"{where}.{modality}"
-        if modality not in MODALITIES:
-            raise MmlibError(f"{at}: unknown modality {modality!r}; expected one of {list(MODALITIES)}.")
-        built = build_extractor(spec, at)
-        canon = json.dumps({"extractor": built.name, "options": dataclasses.asdict(built.options)}
-                           if dataclasses.is_dataclass(built.options) else id(built),
-                           sort_keys=True, default=str)
-        extractor = shared.setdefault(canon, built)
-        if modality not in extractor.modalities:
-            raise MmlibError(f"{at}: extractor {extractor.name!r} cannot produce {modality!r} "
-                             f"features (it produces: {', '.join(extractor.modalities)}).")
-        extractors[modality] = extractor
+    for modality, checked in check_setting(setting, where).items():
+        if id(checked) not in built:
+            built[id(checked)] = (checked.built if checked.built is not None
+                                  else EXTRACTORS.get(checked.name)(checked.options))
+        extractors[modality] = built[id(checked)]
     return extractors

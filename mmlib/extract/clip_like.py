@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
@@ -42,13 +40,11 @@ from mmlib.errors import MmlibError
 from mmlib.extract.preprocess import CheckpointProcessor, load_image_processor
 from mmlib.extract.torch_base import (
     TorchExtractor,
-    TorchOptions,
     as_tensor,
     cached_model,
     load_pretrained,
     max_text_length,
 )
-from mmlib.registry import EXTRACTORS
 
 log = logging.getLogger("mmlib.extract")
 
@@ -64,26 +60,10 @@ def load_tokenizer(folder, where: str):
                          "vocab/merges/sentencepiece model, tokenizer_config.json).") from exc
 
 
-@EXTRACTORS.register("clip_like")
-class ClipLike(TorchExtractor):
+class ClipLike(TorchExtractor, card="clip_like"):
     """Projected, L2-normalised image/text embeddings of any get_image/text_features model."""
 
-    modalities = ("visual", "textual")
-    version = 1
-
-    @dataclass(kw_only=True)
-    class Options(TorchOptions):
-        checkpoint: str = "openai/clip-vit-base-patch16"
-        revision: str | None = None
-        model_class: str | None = None  # a transformers class name; null: AutoModel
-        mode: Literal["fast", "paper"] = "fast"
-        normalize: bool = True  # L2, as the model's forward returns image_embeds / text_embeds
-        max_length: int | None = None  # null: the tokenizer's model_max_length
-
-        def __post_init__(self):
-            super().__post_init__()
-            if self.max_length is not None and self.max_length < 1:
-                raise ValueError(f"max_length must be >= 1 or null, got {self.max_length}")
+    version = 1  # options: mmlib.extract.cards.ClipLikeOptions
 
     # -- description -----------------------------------------------------------------------------
     def _text_max_length(self) -> int:
@@ -189,28 +169,13 @@ def _grey_image():
     return Image.new("RGB", (64, 64), (128, 128, 128))
 
 
-@EXTRACTORS.register("clip")
-class Clip(ClipLike):
+class Clip(ClipLike, card="clip"):
     """The paper's CLIP: openai/clip-vit-base-patch16 (512-d image and text embeddings)."""
 
-    @dataclass(kw_only=True)
-    class Options(ClipLike.Options):
-        checkpoint: str = "openai/clip-vit-base-patch16"
 
-
-@EXTRACTORS.register("align")
-class Align(ClipLike):
+class Align(ClipLike, card="align"):
     """The paper's ALIGN: kakaobrain/align-base (EfficientNet-B7 + BERT, 640-d embeddings)."""
 
-    @dataclass(kw_only=True)
-    class Options(ClipLike.Options):
-        checkpoint: str = "kakaobrain/align-base"
 
-
-@EXTRACTORS.register("altclip")
-class AltClip(ClipLike):
+class AltClip(ClipLike, card="altclip"):
     """The paper's AltCLIP: BAAI/AltCLIP (CLIP ViT-L/14 + XLM-R, 768-d embeddings)."""
-
-    @dataclass(kw_only=True)
-    class Options(ClipLike.Options):
-        checkpoint: str = "BAAI/AltCLIP"

@@ -10,39 +10,17 @@ Deterministic; dimension bins**3 + hue_bins (default 512).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 from PIL import Image
 
 from mmlib.extract.base import Extractor
 from mmlib.extract.images import RGB_CONVERSION
-from mmlib.registry import EXTRACTORS
 
 
-@EXTRACTORS.register("color_histogram")
-class ColorHistogram(Extractor):
+class ColorHistogram(Extractor, card="color_histogram"):
     """Joint RGB colour histogram (+ optional saturation-weighted hue histogram), L1-normalised."""
 
-    modalities = ("visual",)
-    version = 1
-
-    @dataclass
-    class Options:
-        bins: int = 8  # levels per RGB channel: dimension bins**3
-        hue_bins: int = 0  # 0 = no hue histogram
-        size: int = 64  # images are resized to size x size first
-        batch_size: int = 64
-
-        def __post_init__(self):
-            if not 1 <= self.bins <= 64:
-                raise ValueError(f"bins must be between 1 and 64, got {self.bins}")
-            if not 0 <= self.hue_bins <= 360:
-                raise ValueError(f"hue_bins must be between 0 and 360, got {self.hue_bins}")
-            if not 1 <= self.size <= 4096:
-                raise ValueError(f"size must be between 1 and 4096, got {self.size}")
-            if self.batch_size < 1:
-                raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+    version = 1  # options: mmlib.extract.cards.ColorHistogramOptions
 
     def spec(self) -> dict:
         return {

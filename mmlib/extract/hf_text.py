@@ -18,46 +18,23 @@ paper's is `sentence-transformers/all-mpnet-base-v2`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import numpy as np
 
 from mmlib.errors import MmlibError
 from mmlib.extract.clip_like import _accepted_args, load_tokenizer
 from mmlib.extract.torch_base import (
     TorchExtractor,
-    TorchOptions,
     cached_model,
     load_pretrained,
     max_text_length,
 )
-from mmlib.registry import EXTRACTORS
 
 
-@EXTRACTORS.register("hf_text")
-class HFText(TorchExtractor):
+class HFText(TorchExtractor, card="hf_text"):
     """Attention-masked mean (or cls / max / pooler) pooling of a transformers text encoder."""
 
-    modalities = ("textual",)
-    version = 1
+    version = 1  # options: mmlib.extract.cards.HFTextOptions
     default_org = "sentence-transformers"
-
-    @dataclass(kw_only=True)
-    class Options(TorchOptions):
-        checkpoint: str = "all-MiniLM-L6-v2"
-        revision: str | None = None
-        model_class: str | None = None  # a transformers class name; null: AutoModel
-        pooling: Literal["mean", "cls", "max", "pooler"] = "mean"
-        normalize: bool = False
-        mode: Literal["fast", "paper"] = "fast"
-        max_length: int | None = None
-        prefix: str = ""
-
-        def __post_init__(self):
-            super().__post_init__()
-            if self.max_length is not None and self.max_length < 1:
-                raise ValueError(f"max_length must be >= 1 or null, got {self.max_length}")
 
     def _text_max_length(self) -> int:
         limit = max_text_length(self.folder, self._json("tokenizer_config.json"),

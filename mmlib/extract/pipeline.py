@@ -49,6 +49,7 @@ from mmlib.extract.features import (
     sha256_file,
     to_jsonable,
 )
+from mmlib.extract.memory import PeakMemory
 from mmlib.storage import (
     artifact_lock,
     atomic_path,
@@ -180,7 +181,8 @@ def _run_modality(extractor: Extractor, dataset, modality: str, folder: Path, mi
     with atomic_path(folder / f"{modality}.npy") as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, dim))
         t0 = time.perf_counter()
-        report = extractor.extract(dataset, modality, out)
+        with PeakMemory(extractor.device) as peak:
+            report = extractor.extract(dataset, modality, out)
         t_extract = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -233,6 +235,7 @@ def _run_modality(extractor: Extractor, dataset, modality: str, folder: Path, mi
         "fill": fill,
         "timings": timings,
         "items_per_s": round(n_present / t_extract, 3) if t_extract > 0 else None,
+        "memory": peak.record(),
         "sha256": digest,
         "mask_sha256": sha256_bytes(mask_data),
         "created": now_iso(),

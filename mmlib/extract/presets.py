@@ -20,13 +20,16 @@ from pathlib import Path
 
 from mmlib.config import load_yaml
 from mmlib.errors import MmlibError
-from mmlib.extract.base import build_setting
+from mmlib.extract.cards import check_setting
+from mmlib.resources import params_dir
 
-PRESETS_DIR = Path(__file__).resolve().parents[2] / "params" / "extractors"
+
+def presets_dir() -> Path:
+    return params_dir() / "extractors"
 
 
 def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+    return sorted(p.stem for p in presets_dir().glob("*.yaml"))
 
 
 def load_preset(name: str | Path) -> dict[str, dict]:
@@ -34,10 +37,10 @@ def load_preset(name: str | Path) -> dict[str, dict]:
     checked: known modalities, known extractors, valid options (checkpoints are not resolved)."""
     path = Path(name)
     if path.suffix not in (".yaml", ".yml"):
-        path = PRESETS_DIR / f"{name}.yaml"
+        path = presets_dir() / f"{name}.yaml"
     if not path.is_file():
         raise MmlibError(f"extractor preset {str(name)!r}: no such file {path}. Known presets: "
-                         f"{', '.join(preset_names()) or 'none'} (in {PRESETS_DIR}).")
+                         f"{', '.join(preset_names()) or 'none'} (in {presets_dir()}).")
     setting = load_yaml(path)
-    build_setting(setting, str(path))
+    check_setting(setting, str(path))
     return copy.deepcopy(setting)

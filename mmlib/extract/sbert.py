@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +29,6 @@ import numpy as np
 from mmlib.errors import MmlibError
 from mmlib.extract.base import Extractor, text_inputs
 from mmlib.extract.hub import ResolvedCheckpoint, read_json, resolve_checkpoint
-from mmlib.registry import EXTRACTORS
 
 log = logging.getLogger("mmlib.extract")
 _MODELS: OrderedDict = OrderedDict()
@@ -63,27 +61,10 @@ def _load_model(path: str, device: str, max_seq_length: int | None):
     return model
 
 
-@EXTRACTORS.register("sentence_transformers")
-class SentenceTransformers(Extractor):
+class SentenceTransformers(Extractor, card="sentence_transformers"):
     """Sentence-BERT embeddings through the sentence-transformers library."""
 
-    modalities = ("textual",)
-    version = 1
-
-    @dataclass
-    class Options:
-        checkpoint: str = "all-MiniLM-L6-v2"
-        revision: str | None = None  # hub revision (branch, tag or commit); hub ids only
-        batch_size: int = 64
-        normalize: bool = True
-        device: str = "cpu"
-        max_seq_length: int | None = None  # None: the model's own
-
-        def __post_init__(self):
-            if self.batch_size < 1:
-                raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-            if self.max_seq_length is not None and self.max_seq_length < 1:
-                raise ValueError(f"max_seq_length must be >= 1 or null, got {self.max_seq_length}")
+    version = 1  # options: mmlib.extract.cards.SentenceTransformersOptions
 
     def __init__(self, options=None):
         super().__init__(options)

@@ -17,46 +17,19 @@ present.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import numpy as np
 
 from mmlib.errors import MmlibError
 from mmlib.extract.base import Extractor, _py, text_inputs
-from mmlib.registry import EXTRACTORS
 
 log = logging.getLogger("mmlib.extract")
 
 
-@EXTRACTORS.register("tfidf_svd")
-class TfidfSVD(Extractor):
+class TfidfSVD(Extractor, card="tfidf_svd"):
     """TF-IDF (sublinear tf) + truncated SVD, rows L2-normalised."""
 
-    modalities = ("textual",)
-    version = 1
-
-    @dataclass
-    class Options:
-        dim: int = 64
-        min_df: int | float = 1  # int: at least this many texts; float: this fraction of texts
-        max_df: float | int = 1.0
-        ngram_range: tuple[int, int] = (1, 1)
-        max_features: int | None = None
-        stop_words: str | None = None  # "english" or null
-        lowercase: bool = True
-        n_iter: int = 7  # randomized SVD power iterations
-        seed: int = 0
-        batch_size: int = 1024
-
-        def __post_init__(self):
-            if self.dim < 1:
-                raise ValueError(f"dim must be >= 1, got {self.dim}")
-            if len(self.ngram_range) != 2 or not 1 <= self.ngram_range[0] <= self.ngram_range[1]:
-                raise ValueError(f"ngram_range must be [lo, hi] with 1 <= lo <= hi, got {list(self.ngram_range)}")
-            if self.stop_words not in (None, "english"):
-                raise ValueError(f"stop_words must be 'english' or null, got {self.stop_words!r}")
-            if self.batch_size < 1:
-                raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+    version = 1  # options: mmlib.extract.cards.TfidfSvdOptions
 
     def __init__(self, options=None):
         super().__init__(options)

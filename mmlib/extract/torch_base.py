@@ -37,16 +37,15 @@ import dataclasses
 import logging
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Literal
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 
 from mmlib.errors import MmlibError
 from mmlib.extract.base import Extractor, _py, text_inputs
+from mmlib.extract.cards import TorchOptions
 from mmlib.extract.hub import ResolvedCheckpoint, read_json, resolve_checkpoint
-from mmlib.extract.images import DEFAULT_MAX_PIXELS
 from mmlib.extract.loader import length_sorted_batches
 
 log = logging.getLogger("mmlib.extract")
@@ -56,27 +55,6 @@ TEXT_WINDOW = 64  # batches per tokenisation window (bounds memory; sorting happ
 MAX_LISTED = 10000  # items listed by name in a report section (the count is always exact)
 _MODELS: OrderedDict = OrderedDict()
 _MAX_MODELS = 2
-
-
-@dataclass(kw_only=True)
-class TorchOptions:
-    batch_size: int = 32
-    device: str = "cpu"
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    num_workers: int | None = None
-    channels_last: bool = False
-    onednn: bool = True
-    max_pixels: int | None = DEFAULT_MAX_PIXELS
-
-    def __post_init__(self):
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.num_workers is not None and self.num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0 or null, got {self.num_workers}")
-        if self.max_pixels is not None and self.max_pixels < 1:
-            raise ValueError(f"max_pixels must be >= 1 or null, got {self.max_pixels}")
-        if not isinstance(self.device, str) or not self.device.split(":")[0] in ("cpu", "cuda", "mps"):
-            raise ValueError(f"device must be cpu, cuda, cuda:<n> or mps, got {self.device!r}")
 
 
 def torch_device(device: str, where: str):

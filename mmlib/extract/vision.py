@@ -39,17 +39,14 @@ from __future__ import annotations
 import logging
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
 from mmlib.errors import MmlibError
 from mmlib.extract.hub import _file_sha256
 from mmlib.extract.preprocess import CheckpointProcessor, PaperResize, load_image_processor
-from mmlib.extract.torch_base import TorchExtractor, TorchOptions, cached_model, load_pretrained
-from mmlib.registry import EXTRACTORS
+from mmlib.extract.torch_base import TorchExtractor, cached_model, load_pretrained
 
 log = logging.getLogger("mmlib.extract")
 
@@ -205,31 +202,11 @@ def pool(x, how: str, where: str):
     raise MmlibError(f"{where}: cannot pool an output of shape {tuple(x.shape)}.")
 
 
-@EXTRACTORS.register("vision_backbone")
-class VisionBackbone(TorchExtractor):
+class VisionBackbone(TorchExtractor, card="vision_backbone"):
     """Pooled output, a hidden state or a named layer of any Hugging Face vision model."""
 
-    modalities = ("visual",)
-    version = 1
+    version = 1  # options: mmlib.extract.cards.VisionBackboneOptions
     torchvision_resnet = False  # accept torchvision-layout ResNet weight files
-
-    @dataclass(kw_only=True)
-    class Options(TorchOptions):
-        checkpoint: str | None = "microsoft/resnet-50"
-        revision: str | None = None
-        model_class: str | None = None  # a transformers class name; null: AutoModel
-        submodule: str | None = None  # e.g. vision_model (of a CLIP-like checkpoint)
-        layer: int | str | None = None  # null: pooled output; int: hidden_states[i]; str: module name
-        pooling: Literal["mean", "max", "cls", "none"] = "mean"
-        preprocessing: Literal["processor", "paper"] = "processor"
-        image_size: int = 224  # paper preprocessing only
-        weights: str | None = None  # local state-dict file loaded over the architecture
-        normalize: bool = False
-
-        def __post_init__(self):
-            super().__post_init__()
-            if self.image_size < 1:
-                raise ValueError(f"image_size must be >= 1, got {self.image_size}")
 
     # -- checkpoint / weights --------------------------------------------------------------------
     def _weights_path(self) -> Path | None:
@@ -372,20 +349,10 @@ class VisionBackbone(TorchExtractor):
         return self._run(forward)
 
 
-@EXTRACTORS.register("resnet50")
-class ResNet50(VisionBackbone):
+class ResNet50(VisionBackbone, card="resnet50"):
     """The paper's ResNet50 (pooled 2048-d, paper preprocessing); with `weights`, MMFashion's slot."""
 
-    torchvision_resnet = True
-
-    @dataclass(kw_only=True)
-    class Options(VisionBackbone.Options):
-        checkpoint: str | None = None  # null: microsoft/resnet-50, or the built-in architecture with weights
-        model_class: str | None = "ResNetModel"
-        preprocessing: Literal["processor", "paper"] = "paper"
-        # Convolutions run 1.4-1.8x faster channels-last on CPU (measured by `mmlib bench
-        # extraction`); the features stay within 1e-4 of the default layout.
-        channels_last: bool = True
+    torchvision_resnet = True  # options: mmlib.extract.cards.ResNet50Options
 
     @property
     def resolved(self):

@@ -18,8 +18,8 @@ One name, one meaning, in every model:
 - `edge_dropout`: the share of user-item graph edges dropped in training;
 - `fusion`: how the modalities (and the ID part) are combined into one representation;
   `aggregation`: how a node combines its graph neighbours (sum or mean);
-- `top_k`: neighbours per item in a model's kNN item graphs; `k` (ItemKNN): neighbours per item kept
-  for scoring; `modalities`: the modalities used (None: all the features have).
+- `top_k`: neighbours per item in a model's kNN item graphs; `k` (ItemKNN, UserKNN): neighbours per
+  item (per user) kept for scoring; `modalities`: the modalities used (None: all the features have).
 Where the paper's or an anchor's configuration calls a parameter otherwise, params/models/<Model>.yaml
 says so next to it.
 """
@@ -132,6 +132,26 @@ class ItemKNNParams:
     k: int = param(50, ge=1)  # neighbours kept per item
     shrink: float = param(0.0, ge=0)  # added to the cosine denominator; damps similarities from few co-users
     block_size: int = param(1024, ge=1)  # item rows per block while building the graph (memory vs speed)
+
+
+@dataclass
+class UserKNNParams:
+    """Elliot's UserKNN (its default, "standard" implementation, cosine similarity) on binary
+    interactions. Where mmlib chooses, because Elliot differs or the references are silent:
+    - interactions are binarised (Elliot uses the rating values unless `implicit: True`), as
+      mmlib's ItemKNN does;
+    - a user is not its own neighbour. Elliot keeps the user itself (cosine 1) as one of its k
+      neighbours, which only raises items the user has in training (masked at evaluation): on
+      unseen items Elliot's `neighbors: n` ranks as k = n - 1 here (barring ties at cosine 1);
+    - ties at the k-th similarity go to the lower user index (deterministic);
+    - `shrink` is offered as in ItemKNN (Elliot's standard implementation ignores it: keep 0).
+    Scores are not divided by the sum of the neighbours' similarities (Elliot's standard
+    implementation, as of its current code, does not divide either: a per-user constant, no
+    ranking would change)."""
+
+    k: int = param(40, ge=1)  # neighbours kept per user (Elliot's `neighbors`, default 40)
+    shrink: float = param(0.0, ge=0)  # added to the cosine denominator; damps similarities from few co-items
+    block_size: int = param(1024, ge=1)  # user rows per block while building the graph (memory vs speed)
 
 
 @dataclass
@@ -344,6 +364,8 @@ for _card in (
               "items ranked by training popularity, the same list for every user"),
     ModelCard("ItemKNN", "mmlib.models.itemknn", ItemKNNParams, "none", "none",
               "collaborative item kNN: cosine of the items' interaction columns, not trained"),
+    ModelCard("UserKNN", "mmlib.models.userknn", UserKNNParams, "none", "none",
+              "collaborative user kNN: cosine of the users' interaction rows, not trained"),
     ModelCard("BPRMF", "mmlib.models.bprmf", BPRMFParams, "bpr", "none",
               "matrix factorisation trained with the BPR pairwise loss"),
     ModelCard("NGCF", "mmlib.models.ngcf", NGCFParams, "bpr", "none",

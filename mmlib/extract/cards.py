@@ -1,0 +1,332 @@
+"""Extractor cards: every extractor's name, module, modalities and options, without torch, PIL or
+transformers. Extractor settings (in studies and presets) are checked against these cards alone
+(`check_setting`, the one check of a setting); an extractor's module is imported only to build it
+(`mmlib.extract.load_all()` imports every one).
+
+A card's `Options` is the extractor's documented option set: a dataclass whose `__post_init__`
+holds its rules, parsed strictly by `mmlib.config.from_mapping`. The extractor class names its card
+(`class ColorHistogram(Extractor, card="color_histogram")`) and takes `Options` and `modalities`
+from it. A new extractor is one card here (`register(ExtractorCard(...))`) and one class with
+`card=` in the module that the card names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from mmlib.config import from_mapping
+from mmlib.data.spec import DEFAULT_MAX_PIXELS
+from mmlib.errors import MmlibError
+
+MODALITIES = ("visual", "textual")
+
+
+@dataclass(frozen=True)
+class ExtractorCard:
+    """What is known about an extractor without building it: its registered name (the
+    `extractor:` of a spec, `mmlib list extractors`), the module that defines its class, the
+    modalities it produces and its options dataclass."""
+
+    name: str
+    module: str
+    modalities: tuple[str, ...]
+    Options: type
+
+    def __post_init__(self):
+        where = f"Extractor card {self.name!r}"
+        if not dataclasses.is_dataclass(self.Options):
+            raise MmlibError(f"{where}: Options must be a dataclass, got {self.Options!r}.")
+        if not self.modalities or not set(self.modalities) <= set(MODALITIES):
+            raise MmlibError(f"{where}: modalities {self.modalities!r} must be a non-empty subset of "
+                             f"{list(MODALITIES)}.")
+
+
+# -- the options -------------------------------------------------------------------------------------
+
+
+@dataclass
+class ColorHistogramOptions:
+    """Options of `color_histogram` (see `mmlib.extract.color_histogram`)."""
+
+    bins: int = 8  # levels per RGB channel: dimension bins**3
+    hue_bins: int = 0  # 0 = no hue histogram
+    size: int = 64  # images are resized to size x size first
+    batch_size: int = 64
+
+    def __post_init__(self):
+        if not 1 <= self.bins <= 64:
+            raise ValueError(f"bins must be between 1 and 64, got {self.bins}")
+        if not 0 <= self.hue_bins <= 360:
+            raise ValueError(f"hue_bins must be between 0 and 360, got {self.hue_bins}")
+        if not 1 <= self.size <= 4096:
+            raise ValueError(f"size must be between 1 and 4096, got {self.size}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class TfidfSvdOptions:
+    """Options of `tfidf_svd` (see `mmlib.extract.tfidf`)."""
+
+    dim: int = 64
+    min_df: int | float = 1  # int: at least this many texts; float: this fraction of texts
+    max_df: float | int = 1.0
+    ngram_range: tuple[int, int] = (1, 1)
+    max_features: int | None = None
+    stop_words: str | None = None  # "english" or null
+    lowercase: bool = True
+    n_iter: int = 7  # randomized SVD power iterations
+    seed: int = 0
+    batch_size: int = 1024
+
+    def __post_init__(self):
+        if self.dim < 1:
+            raise ValueError(f"dim must be >= 1, got {self.dim}")
+        if len(self.ngram_range) != 2 or not 1 <= self.ngram_range[0] <= self.ngram_range[1]:
+            raise ValueError(f"ngram_range must be [lo, hi] with 1 <= lo <= hi, got {list(self.ngram_range)}")
+        if self.stop_words not in (None, "english"):
+            raise ValueError(f"stop_words must be 'english' or null, got {self.stop_words!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class SentenceTransformersOptions:
+    """Options of `sentence_transformers` (see `mmlib.extract.sbert`)."""
+
+    checkpoint: str = "all-MiniLM-L6-v2"
+    revision: str | None = None  # hub revision (branch, tag or commit); hub ids only
+    batch_size: int = 64
+    normalize: bool = True
+    device: str = "cpu"
+    max_seq_length: int | None = None  # None: the model's own
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.max_seq_length is not None and self.max_seq_length < 1:
+            raise ValueError(f"max_seq_length must be >= 1 or null, got {self.max_seq_length}")
+
+
+@dataclass(kw_only=True)
+class TorchOptions:
+    """The runtime options every PyTorch extractor's options inherit (see `mmlib.extract.torch_base`)."""
+
+    batch_size: int = 32
+    device: str = "cpu"
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    num_workers: int | None = None
+    channels_last: bool = False
+    onednn: bool = True
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.num_workers is not None and self.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0 or null, got {self.num_workers}")
+        if self.max_pixels is not None and self.max_pixels < 1:
+            raise ValueError(f"max_pixels must be >= 1 or null, got {self.max_pixels}")
+        if not isinstance(self.device, str) or not self.device.split(":")[0] in ("cpu", "cuda", "mps"):
+            raise ValueError(f"device must be cpu, cuda, cuda:<n> or mps, got {self.device!r}")
+
+
+@dataclass(kw_only=True)
+class ClipLikeOptions(TorchOptions):
+    """Options of `clip_like` (see `mmlib.extract.clip_like`)."""
+
+    checkpoint: str = "openai/clip-vit-base-patch16"
+    revision: str | None = None
+    model_class: str | None = None  # a transformers class name; null: AutoModel
+    mode: Literal["fast", "paper"] = "fast"
+    normalize: bool = True  # L2, as the model's forward returns image_embeds / text_embeds
+    max_length: int | None = None  # null: the tokenizer's model_max_length
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.max_length is not None and self.max_length < 1:
+            raise ValueError(f"max_length must be >= 1 or null, got {self.max_length}")
+
+
+@dataclass(kw_only=True)
+class ClipOptions(ClipLikeOptions):
+    """Options of `clip`: `clip_like` with the paper's CLIP checkpoint."""
+
+    checkpoint: str = "openai/clip-vit-base-patch16"
+
+
+@dataclass(kw_only=True)
+class AlignOptions(ClipLikeOptions):
+    """Options of `align`: `clip_like` with the paper's ALIGN checkpoint."""
+
+    checkpoint: str = "kakaobrain/align-base"
+
+
+@dataclass(kw_only=True)
+class AltClipOptions(ClipLikeOptions):
+    """Options of `altclip`: `clip_like` with the paper's AltCLIP checkpoint."""
+
+    checkpoint: str = "BAAI/AltCLIP"
+
+
+@dataclass(kw_only=True)
+class HFTextOptions(TorchOptions):
+    """Options of `hf_text` (see `mmlib.extract.hf_text`)."""
+
+    checkpoint: str = "all-MiniLM-L6-v2"
+    revision: str | None = None
+    model_class: str | None = None  # a transformers class name; null: AutoModel
+    pooling: Literal["mean", "cls", "max", "pooler"] = "mean"
+    normalize: bool = False
+    mode: Literal["fast", "paper"] = "fast"
+    max_length: int | None = None
+    prefix: str = ""
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.max_length is not None and self.max_length < 1:
+            raise ValueError(f"max_length must be >= 1 or null, got {self.max_length}")
+
+
+@dataclass(kw_only=True)
+class VisionBackboneOptions(TorchOptions):
+    """Options of `vision_backbone` (see `mmlib.extract.vision`)."""
+
+    checkpoint: str | None = "microsoft/resnet-50"
+    revision: str | None = None
+    model_class: str | None = None  # a transformers class name; null: AutoModel
+    submodule: str | None = None  # e.g. vision_model (of a CLIP-like checkpoint)
+    layer: int | str | None = None  # null: pooled output; int: hidden_states[i]; str: module name
+    pooling: Literal["mean", "max", "cls", "none"] = "mean"
+    preprocessing: Literal["processor", "paper"] = "processor"
+    image_size: int = 224  # paper preprocessing only
+    weights: str | None = None  # local state-dict file loaded over the architecture
+    normalize: bool = False
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.image_size < 1:
+            raise ValueError(f"image_size must be >= 1, got {self.image_size}")
+
+
+@dataclass(kw_only=True)
+class ResNet50Options(VisionBackboneOptions):
+    """Options of `resnet50`: `vision_backbone` as the paper's ResNet50 (see `mmlib.extract.vision`)."""
+
+    checkpoint: str | None = None  # null: microsoft/resnet-50, or the built-in architecture with weights
+    model_class: str | None = "ResNetModel"
+    preprocessing: Literal["processor", "paper"] = "paper"
+    # Convolutions run 1.4-1.8x faster channels-last on CPU (measured by `mmlib bench
+    # extraction`); the features stay within 1e-4 of the default layout.
+    channels_last: bool = True
+
+
+# -- the cards ---------------------------------------------------------------------------------------
+
+_VISUAL, _TEXTUAL, _BOTH = ("visual",), ("textual",), ("visual", "textual")
+_CARDS: dict[str, ExtractorCard] = {card.name: card for card in (
+    ExtractorCard("color_histogram", "mmlib.extract.color_histogram", _VISUAL, ColorHistogramOptions),
+    ExtractorCard("tfidf_svd", "mmlib.extract.tfidf", _TEXTUAL, TfidfSvdOptions),
+    ExtractorCard("sentence_transformers", "mmlib.extract.sbert", _TEXTUAL, SentenceTransformersOptions),
+    ExtractorCard("clip_like", "mmlib.extract.clip_like", _BOTH, ClipLikeOptions),
+    ExtractorCard("clip", "mmlib.extract.clip_like", _BOTH, ClipOptions),
+    ExtractorCard("align", "mmlib.extract.clip_like", _BOTH, AlignOptions),
+    ExtractorCard("altclip", "mmlib.extract.clip_like", _BOTH, AltClipOptions),
+    ExtractorCard("hf_text", "mmlib.extract.hf_text", _TEXTUAL, HFTextOptions),
+    ExtractorCard("vision_backbone", "mmlib.extract.vision", _VISUAL, VisionBackboneOptions),
+    ExtractorCard("resnet50", "mmlib.extract.vision", _VISUAL, ResNet50Options),
+)}
+
+
+def register(card: ExtractorCard) -> ExtractorCard:
+    """Add an extractor's card (its class then names it: `class X(Extractor, card=...)`)."""
+    if card.name in _CARDS:
+        raise RuntimeError(f"extractor card {card.name!r} registered twice")
+    _CARDS[card.name] = card
+    return card
+
+
+def names() -> list[str]:
+    return sorted(_CARDS)
+
+
+def card(name: str) -> ExtractorCard:
+    if name not in _CARDS:
+        close = difflib.get_close_matches(str(name), _CARDS, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise MmlibError(f"Unknown extractor {name!r}.{hint} Known: {', '.join(names())} "
+                         f"(`mmlib list extractors`).")
+    return _CARDS[name]
+
+
+# -- the one check of a spec and of a setting -----------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class CheckedSpec:
+    """An extractor spec that passed `check_spec`: the extractor's name, the modalities it
+    produces and its parsed options; `built` is the extractor itself when one built in code was
+    given."""
+
+    name: str
+    modalities: tuple[str, ...]
+    options: Any
+    built: Any = None
+
+
+def check_spec(spec, where: str = "extractor") -> CheckedSpec:
+    """Check `{"extractor": name, **options}` (or just a name): a known extractor, valid options.
+    Unknown names and options raise MmlibError prefixed with `where`. An Extractor instance (built
+    in code) is taken as it is."""
+    if not isinstance(spec, (str, dict)) and all(hasattr(spec, a) for a in ("name", "modalities", "options")):
+        return CheckedSpec(spec.name, tuple(spec.modalities), spec.options, built=spec)  # an Extractor
+    if isinstance(spec, str):
+        spec = {"extractor": spec}
+    if not isinstance(spec, dict) or "extractor" not in spec:
+        raise MmlibError(
+            f"{where}: expected a mapping with an 'extractor' key (one of "
+            f"{', '.join(names())}) plus its options, got {spec!r}."
+        )
+    name = spec["extractor"]
+    if not isinstance(name, str):
+        raise MmlibError(f"{where}.extractor: expected a name, got {name!r}.")
+    try:
+        found = card(name)
+    except MmlibError as exc:
+        raise MmlibError(f"{where}.extractor: {exc}") from None
+    options = {k: v for k, v in spec.items() if k != "extractor"}
+    parsed = from_mapping(found.Options, options, f"{where} (extractor {name!r})")
+    return CheckedSpec(name, found.modalities, parsed)
+
+
+def check_setting(setting, where: str) -> dict[str, CheckedSpec]:
+    """The one check of an extractor setting (modality -> spec): every modality is known, every
+    spec names a known extractor with valid options, and that extractor produces the modality.
+    Returns modality -> CheckedSpec; modalities whose specs give the same extractor with the same
+    options (after defaults) share one CheckedSpec (and so, when built, one extractor: a CLIP-like
+    model is loaded once for both). Nothing is imported, resolved or loaded here."""
+    if not isinstance(setting, dict) or not setting:
+        raise MmlibError(f"{where}: the setting must map modalities ({', '.join(MODALITIES)}) to "
+                         f"extractor specs, got {setting!r}.")
+    checked: dict[str, CheckedSpec] = {}
+    shared: dict[str, CheckedSpec] = {}
+    for modality, spec in setting.items():
+        at = f"{where}.{modality}"
+        if modality not in MODALITIES:
+            raise MmlibError(f"{at}: unknown modality {modality!r}; expected one of {list(MODALITIES)}.")
+        one = check_spec(spec, at)
+        if one.built is None:
+            canon = json.dumps({"extractor": one.name, "options": dataclasses.asdict(one.options)},
+                               sort_keys=True, default=str)
+        else:
+            canon = f"built in code: {id(one.built)}"
+        one = shared.setdefault(canon, one)
+        if modality not in one.modalities:
+            raise MmlibError(f"{at}: extractor {one.name!r} cannot produce {modality!r} "
+                             f"features (it produces: {', '.join(one.modalities)}).")
+        checked[modality] = one
+    return checked
