@@ -19,6 +19,7 @@ A task runs when every task it depends on is done or skipped; a task whose depen
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -158,6 +159,7 @@ def execute_run(task: Task, study: StudySpec, threads: int | None = None) -> Out
 
     started = time.perf_counter()
     os.environ.setdefault("TQDM_DISABLE", "1")
+    threads = threads or _worker_share()
     try:
         summary = pipeline.train_run(study, task.run, threads=threads)
     except Exception as exc:
@@ -170,6 +172,18 @@ def execute_run(task: Task, study: StudySpec, threads: int | None = None) -> Out
     return Outcome(task.key, status, time.perf_counter() - started,
                    record=str(pipeline.group_dir(study, task.run.model, task.run.setting, task.run.dataset)
                               / summary["id"] / "run.json"))
+
+
+def _worker_share() -> int | None:
+    """On a Dask worker: its machine's cores divided by the tasks it runs at once, so that torch
+    does not oversubscribe the cores (None outside a worker: torch's default)."""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return None
+    return max(1, _cores() // max(1, worker.state.nthreads))
 
 
 # -- executors ---------------------------------------------------------------------------------
@@ -190,6 +204,32 @@ class InProcess:
         pass
 
 
+MALLOC_TRIM = "MALLOC_TRIM_THRESHOLD_"
+
+
+@contextlib.contextmanager
+def untrimmed_malloc():
+    """Start Dask workers without the MALLOC_TRIM_THRESHOLD_ their nanny sets by default: any value
+    turns off glibc's dynamic mmap threshold, so every allocation over 128 KiB becomes an
+    mmap/munmap pair with fresh page faults. Measured (`mmlib bench batch`): a one-thread BPRMF run
+    took 3.1 s of CPU on a default worker against 1.6 s in process, and 2 workers were slower
+    than 1 (0.54x) until the variable was dropped (1.54x on a loaded machine). The nanny also sets
+    it in this process, where notebook kernels would inherit it: restored on exit. The workers'
+    statistical profiler (a thread sampling every stack each 10 ms, for the dashboard) is off too:
+    a one-thread BPRMF run took 7.4 s with it against 7.1 s without."""
+    import dask
+
+    saved = os.environ.pop(MALLOC_TRIM, None)
+    try:
+        with dask.config.set({f"distributed.nanny.pre-spawn-environ.{MALLOC_TRIM}": None,
+                              "distributed.worker.profile.enabled": False}):
+            yield
+    finally:
+        os.environ.pop(MALLOC_TRIM, None)
+        if saved is not None:
+            os.environ[MALLOC_TRIM] = saved
+
+
 class OnDask:
     """Submits tasks to a Dask cluster: a local one of `workers` processes, or the scheduler at
     `address`. Runs on CUDA ask for a `GPU` worker resource on a remote cluster."""
@@ -201,8 +241,9 @@ class OnDask:
         if address:
             self.client = Client(address)
         else:
-            self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                        dashboard_address=None)
+            with untrimmed_malloc():
+                self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                            dashboard_address=None)
             self.client = Client(self.cluster)
         self.resources = {"GPU": 1} if gpu and address else None
         self.futures = {}
@@ -264,7 +305,7 @@ class BatchSummary:
         return "\n".join(lines)
 
 
-def _default_workers() -> int:
+def _cores() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
@@ -280,17 +321,21 @@ def run_batch(study_path: Path | str, kernel: str = "python3", only: list[str] |
     study = pin_outputs(load_study(study_path))  # validates everything before the first task
     tasks = plan(study_path, study, only)
     scheduler = scheduler or os.environ.get("MMLIB_SCHEDULER")
-    workers = _default_workers() if not workers else workers  # None or 0: one per core
-    if scheduler or workers > 1:
-        executor = OnDask(workers, scheduler, gpu=study.train_spec().device.startswith("cuda"))
-        threads = None if scheduler else max(1, _default_workers() // workers)
-    else:
-        executor, threads = InProcess(), None
+    workers = _cores() if not workers else workers  # None or 0: one per core
+    previous_root = os.environ.get("MMLIB_OUTPUTS")
+    os.environ["MMLIB_OUTPUTS"] = str(study.output_root)  # notebook kernels and local workers inherit it
+    try:
+        if scheduler or workers > 1:
+            executor = OnDask(workers, scheduler, gpu=study.train_spec().device.startswith("cuda"))
+            threads = None if scheduler else max(1, _cores() // workers)
+        else:
+            executor, threads = InProcess(), None
+    except BaseException:
+        _restore_root(previous_root)
+        raise
     outcomes: dict[str, Outcome] = {}
     pending = {t.key: t for t in tasks}
     running: set[str] = set()
-    previous_root = os.environ.get("MMLIB_OUTPUTS")
-    os.environ["MMLIB_OUTPUTS"] = str(study.output_root)  # notebook kernels and local workers inherit it
     bar = tqdm(total=sum(1 for t in tasks if t.run), desc=f"{study.name} runs", unit="run",
                disable=not progress, dynamic_ncols=True)
     try:
@@ -326,12 +371,16 @@ def run_batch(study_path: Path | str, kernel: str = "python3", only: list[str] |
     finally:
         bar.close()
         executor.close()
-        if previous_root is None:
-            os.environ.pop("MMLIB_OUTPUTS", None)
-        else:
-            os.environ["MMLIB_OUTPUTS"] = previous_root
+        _restore_root(previous_root)
     ordered = {t.key: outcomes[t.key] for t in tasks if t.key in outcomes}
     return BatchSummary(study.name, ordered, time.perf_counter() - started)
+
+
+def _restore_root(previous: str | None) -> None:
+    if previous is None:
+        os.environ.pop("MMLIB_OUTPUTS", None)
+    else:
+        os.environ["MMLIB_OUTPUTS"] = previous
 
 
 def pin_outputs(study: StudySpec) -> StudySpec:

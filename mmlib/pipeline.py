@@ -36,6 +36,8 @@ from mmlib.data import Dataset
 from mmlib.data.prepare import prepare_dataset
 from mmlib.errors import MmlibError
 from mmlib.extract import Features, extract_features
+from mmlib.extract.cards import is_import
+from mmlib.io.setting import import_setting
 from mmlib.models.base import TrainData
 from mmlib.protocol import split_config
 from mmlib.registry import MODELS
@@ -95,9 +97,14 @@ def prepare(study: StudySpec, dataset: str | None = None) -> Dataset:
 
 def extract(study: StudySpec, setting: str, dataset: str | None = None) -> Features:
     """Extract one unit (a setting at one batch size). A unit at a second batch size is compared
-    with the setting's first: the features should agree up to numerical noise (paper §2.3)."""
+    with the setting's first: the features should agree up to numerical noise (paper §2.3). An
+    `import:` setting (files, not a model) is imported instead (`mmlib.io.setting`)."""
     unit = study.unit(setting)
     name = study.dataset_name(dataset)
+    if is_import(unit.spec):  # precomputed features named by files: imported, cached the same way
+        return import_setting(load_dataset(study, name), unit.key, unit.spec,
+                              study.output_root / "features" / name,
+                              f"{study.where}: extractors.{unit.setting}")
     features = extract_features(load_dataset(study, name), unit.key, unit.spec,
                                 study.output_root / "features" / name)
     if unit.key != unit.setting and features_dir(study, unit.setting, name).is_dir():

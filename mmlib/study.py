@@ -21,7 +21,10 @@ from typing import Literal
 from mmlib.config import from_mapping, load_yaml
 from mmlib.data.spec import DatasetSpec
 from mmlib.errors import MmlibError
-from mmlib.extract.cards import check_setting  # the one check of a setting (no torch)
+from mmlib.extract.cards import (  # the one check of a setting (no torch)
+    check_setting,
+    is_import,
+)
 from mmlib.models import cards
 from mmlib.protocol import PROTOCOLS, TrainSpec, protocol_spec, split_config
 from mmlib.resources import params_dir
@@ -81,7 +84,8 @@ class StudySpec:
     datasets: dict = field(default_factory=dict)
     dataset: dict | None = None  # the single-dataset form: one spec, named by its `name`
     # setting key -> {modality: extractor spec} or the name of a preset in params/extractors/;
-    # a mapping may also say `preset: <name>` and `batch_sizes: [..]` (the paper's §2.3 study)
+    # a mapping may also say `preset: <name>` and `batch_sizes: [..]` (the paper's §2.3 study);
+    # or precomputed features named by files: {import: mmrec | ducho | elliot, path: <folder>, ...}
     extractors: dict = field(default_factory=dict)
     # with several batch sizes: models train on the first one's features (the paper's count) or all
     train_on: Literal["first", "all"] = "first"
@@ -139,6 +143,9 @@ class StudySpec:
             preset = entry.pop("preset", None)
             sizes = entry.pop("batch_sizes", None)
             setting = {**(_preset("extractors", preset, at) if preset else {}), **entry}
+            if sizes is not None and is_import(setting):
+                raise MmlibError(f"{at}.batch_sizes: an `import:` setting reads precomputed "
+                                 "features; batch sizes apply to extractors. Remove them.")
             if sizes is not None:
                 if (not isinstance(sizes, list) or not sizes
                         or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in sizes)

@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 import torch
-from tqdm.auto import tqdm
 
 from mmlib.errors import MmlibError
 from mmlib.evaluate import Evaluation, full_ranking
 from mmlib.models.base import Batch, Recommender, TrainData
+from mmlib.progress import tqdm
 from mmlib.protocol import (  # noqa: F401
     PROTOCOLS,
     TrainSpec,

@@ -307,3 +307,23 @@ def test_a_non_editable_install_runs_a_study_from_another_directory(tmp_path):
     assert "runs: 4 done, 0 skipped, 0 failed" in run.stdout
     table = pd.read_csv(elsewhere / "outputs" / "tables" / "results.csv")
     assert sorted(table["model"]) == ["ItemKNN", "MostPop"]
+
+
+def test_a_damaged_run_record_is_retrained_alone(tmp_path, monkeypatch):
+    from mmlib import train as trainer
+
+    path = write_study(tmp_path, datasets={"shopA": shop(1)}, extractors={},
+                       models={"BPRMF": {"lr": [0.01, 0.05], "l_w": 1.0e-5}})
+    study = load_study(path)
+    pipeline.prepare(study)
+    first = pipeline.train(study, "BPRMF")
+    records = sorted(pipeline.group_dir(study, "BPRMF", None).glob("*/run.json"))
+    assert len(records) == 2
+    damaged = records[0]
+    damaged.write_text(damaged.read_text()[:50])  # a half-written file that must not look finished
+    trained, real_fit = [], trainer.fit
+    monkeypatch.setattr(trainer, "fit", lambda *a, **kw: trained.append(a[2].lr) or real_fit(*a, **kw))
+    again = pipeline.train(study, "BPRMF")
+    assert len(trained) == 1  # only the damaged run
+    assert again["test"] == first["test"] and again["selected"]["run"] == first["selected"]["run"]
+    assert pipeline.read_run(damaged.parent) is not None

@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 from mmlib.data.prepare import DatasetSpec, data_root, prepare_dataset
-from mmlib.data.sources import load_elliot_tsv, load_mmrec
+from mmlib.io.elliot import load_elliot_tsv
+from mmlib.io.mmrec import load_mmrec
 from mmlib.errors import MmlibError
 
 

@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 
 from mmlib.data import Dataset
-from mmlib.data.export import to_elliot, to_mmrec
 from mmlib.data.prepare import DatasetSpec, prepare_dataset
 from mmlib.data.preprocess import apply_missing_modality, kcore, reindex
+from mmlib.io.elliot import export_elliot
+from mmlib.io.mmrec import export_mmrec
 
 
 def frame(pairs):
@@ -126,12 +127,12 @@ def test_prepare_temporal_and_mmrec_splits(tmp_path):
 
 def test_exports_round_trip(tmp_path):
     ds = prepare_dataset({"source": "synthetic", "name": "shop", "options": SMALL}, tmp_path / "ds")
-    inter_file = to_mmrec(ds, tmp_path / "mmrec")
+    inter_file = export_mmrec(ds, None, tmp_path / "mmrec", ds.name) / f"{ds.name}.inter"
     back = pd.read_csv(inter_file, sep="\t")
     assert list(back.columns) == ["userID", "itemID", "rating", "timestamp", "x_label"]
     assert back["x_label"].value_counts().to_dict() == {
         {"train": 0, "val": 1, "test": 2}[k]: v for k, v in ds.manifest["statistics"]["splits"].items()}
-    folder = to_elliot(ds, tmp_path / "elliot")
+    folder = export_elliot(ds, None, tmp_path / "elliot")["config"].parent
     for split, n in ds.manifest["statistics"]["splits"].items():
         assert len(pd.read_csv(folder / f"{split}.tsv", sep="\t", header=None)) == n
     # and the exported files load back through the sources with the same split sizes

@@ -7,8 +7,10 @@ import pytest
 from PIL import Image
 
 from mmlib.data.prepare import data_root, prepare_dataset
-from mmlib.data.sources import load_elliot_tsv, load_mmrec, load_movielens_posters
+from mmlib.data.sources import load_movielens_posters
 from mmlib.data.splits import elliot_counts, split_elliot
+from mmlib.io.elliot import load_elliot_tsv
+from mmlib.io.mmrec import load_mmrec
 
 
 def folder(rel: str):

@@ -48,7 +48,7 @@ def test_vbpr_beats_bprmf_beats_mostpop_on_the_default_synthetic_data(tmp_path):
     # ... and the gain is not noise: paired Wilcoxon test over the same test users.
     p_value = table.set_index("model").loc["VBPR", "p vs BPRMF (Recall@20)"]
     assert p_value < 0.01
-    assert (study.output_root / "figures" / "test_metrics.png").stat().st_size > 10_000
+    assert (study.output_root / "figures" / "results_overview_synthetic-shop.png").stat().st_size > 10_000
 
     # Re-running with unchanged inputs reuses the run instead of retraining.
     again = pipeline.train(study, "VBPR", setting)
@@ -84,7 +84,9 @@ def test_batch_executes_every_notebook_and_writes_table_and_figures(tmp_path):
     table = pd.read_csv(out / "tables" / "results.csv")
     assert len(table) == 3 and table["Recall@20"].between(0, 1).all()
     assert "| VBPR |" in (out / "tables" / "results.md").read_text()
-    assert sorted(p.name for p in (out / "figures").glob("*.png")) == ["test_metrics.png", "validation_curves.png"]
+    assert sorted(p.name for p in (out / "figures").glob("*.png")) == [
+        "average_rank.png", "extraction_time.png", "relative_improvement.png", "results_overview_tiny-shop.png",
+        "validation_curves.png"]
 
 
 def test_a_run_is_reused_only_while_its_inputs_are_unchanged(tmp_path):

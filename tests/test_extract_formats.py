@@ -14,14 +14,9 @@ import yaml
 from mmlib.data.dataset import Dataset
 from mmlib.errors import MmlibError
 from mmlib.extract import Features
-from mmlib.extract.formats import (
-    export_ducho,
-    export_elliot,
-    export_mmrec,
-    import_ducho,
-    import_elliot_features,
-    import_mmrec_features,
-)
+from mmlib.io.ducho import export_ducho, import_ducho
+from mmlib.io.elliot import export_elliot, import_elliot_features
+from mmlib.io.mmrec import export_mmrec, import_mmrec_features
 
 REPO = Path(__file__).resolve().parent.parent
 

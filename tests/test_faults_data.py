@@ -21,7 +21,9 @@ from PIL import Image
 import mmlib.data.prepare as prepare_module
 from mmlib.data import Dataset
 from mmlib.data.prepare import prepare_dataset
-from mmlib.data.sources import SourceData, load_elliot_tsv, load_mmrec, load_movielens_posters
+from mmlib.data.sources import SourceData, load_movielens_posters
+from mmlib.io.elliot import load_elliot_tsv
+from mmlib.io.mmrec import load_mmrec
 from mmlib.errors import MmlibError
 
 REPO = Path(__file__).resolve().parent.parent

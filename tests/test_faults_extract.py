@@ -482,7 +482,7 @@ def test_lone_surrogate_stops_before_model_work_or_is_a_failed_item(spec, tmp_pa
 
 
 def test_interrupted_export_leaves_the_previous_files_whole(tiny, extracted, tmp_path, monkeypatch):
-    from mmlib.extract.formats import export_mmrec
+    from mmlib.io.mmrec import export_mmrec
 
     folder, _, _ = extracted
     features = Features.load(folder)

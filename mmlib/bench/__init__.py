@@ -4,4 +4,6 @@
   mmlib's pipeline against a Ducho-style reference loop and the model's forward alone.
 - `mmlib.bench.training` (`mmlib bench training [--accuracy]`): seconds per epoch, full-ranking
   evaluation time and peak memory of every model on Amazon Baby, and the blockwise kNN graph.
+- `mmlib.bench.batch` (`mmlib bench batch`): the batch runner's overhead per run, in process and on
+  a local Dask cluster, and the speed-up of two workers over one.
 """

@@ -46,6 +46,10 @@ single-threaded workers), one after the other in the same invocation, and report
 `speedup = run_span_s(workers 1) / run_span_s(workers 2)`, and `speedup_summary`, the same from
 `run_phase_s` (which counts the cluster's start and stop and the workers' first imports).
 
+The local cluster's workers start without the `MALLOC_TRIM_THRESHOLD_` Dask's nanny sets by
+default (`mmlib.batch.untrimmed_malloc`: with it, the same BPRMF run took twice the CPU on a
+worker, and 2 workers were slower than 1).
+
 Writes `<out>/batch_overhead.csv`, `<out>/batch_speedup.csv` and `<out>/batch.md`. The load
 average before and after each measurement is recorded: on a shared 2-core machine the figures
 move with whatever else runs.
@@ -195,7 +199,7 @@ def report(overhead: pd.DataFrame, speedup: pd.DataFrame, seconds: float) -> str
                   f"{int(overhead['runs'].iloc[0])} tiny BPRMF runs (1 epoch, 100 users), one thread each.",
                   "", _markdown(_rounded(overhead[OVERHEAD_COLUMNS])), ""]
     if not speedup.empty:
-        ratio = float(speedup["speedup"].iloc[-1])
+        ratio = float(speedup["speedup"].iloc[1]) if len(speedup) > 1 else 1.0
         parts += ["## Speed-up of 2 workers over 1", "",
                   (f"{int(speedup['runs'].iloc[0])} equal BPRMF runs ({int(speedup['epochs'].iloc[0])} epochs, "
                   f"1,000 users, 12,000 interactions), one thread each. `speedup` = run_span_s(1 worker) / "
@@ -209,7 +213,7 @@ def run(out: Path = Path("outputs/benchmarks"), runs: int = 200, speedup_runs: i
         speedup_epochs: int = SPEEDUP_EPOCHS, cluster: bool = True, work: Path | None = None,
         speedup_workers: int = 2) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The overhead table (in process, and on a local Dask cluster unless `cluster` is False) and
-    the speed-up table; both written under `out` with `batch.md`."""
+    the speed-up table, both written under `out` with `batch.md`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

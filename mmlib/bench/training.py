@@ -147,7 +147,7 @@ def lastfm_inputs(out: Path):
     from mmlib.config import from_mapping
     from mmlib.data.prepare import DatasetSpec, data_root, prepare_dataset
     from mmlib.extract.features import Features
-    from mmlib.extract.formats import import_mmrec_features
+    from mmlib.io.mmrec import import_mmrec_features
 
     spec = from_mapping(DatasetSpec, {"source": "mmrec", "name": "lastfm", "path": LASTFM,
                                       "options": {"inter": "lfm2k.inter"},

@@ -23,13 +23,11 @@ _LAZY = {  # name -> module that defines it
     "generate_synthetic": "mmlib.data.synthetic",
     "kcore": "mmlib.data.preprocess",
     "prepare_dataset": "mmlib.data.prepare",
-    "to_elliot": "mmlib.data.export",
-    "to_mmrec": "mmlib.data.export",
 }
 
 __all__ = [
     "SOURCES", "Dataset", "DatasetSpec", "SplitSpec", "SyntheticOptions", "apply_missing_modality",
-    "apply_split", "data_root", "generate_synthetic", "kcore", "prepare_dataset", "to_elliot", "to_mmrec",
+    "apply_split", "data_root", "generate_synthetic", "kcore", "prepare_dataset",
 ]
 
 

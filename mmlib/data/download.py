@@ -288,9 +288,8 @@ def download(tasks: Iterable[Task], folder: Path, options: DownloadOptions | Non
 
     Files already present are not requested. A failure never stops the others; see `Outcome`.
     """
-    from tqdm.auto import tqdm
-
     from mmlib import storage
+    from mmlib.progress import tqdm
 
     options = options or DownloadOptions()
     folder = Path(folder)

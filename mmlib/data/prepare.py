@@ -63,8 +63,10 @@ from mmlib.errors import MmlibError
 
 log = logging.getLogger(__name__)
 
-#: Bumped whenever prepare's output changes for the same spec (invalidates reuse).
-PREPARE_VERSION = 2
+#: Bumped whenever prepare's output changes for the same spec (invalidates reuse). 3: the `mmrec`
+#: source orders an .inter file's users and items by their integer ids and names them through the
+#: id maps beside it (mmlib.io.mmrec).
+PREPARE_VERSION = 3
 #: The per-file records of the source fingerprint (the manifest holds their summary).
 INPUTS_FILE = "inputs.json"
 

@@ -12,8 +12,8 @@ file, the column and the data row (a NaN rating would otherwise reach graded nDC
 | source              | what it reads                                                    | split    |
 |---------------------|------------------------------------------------------------------|----------|
 | `synthetic`         | nothing: generates the embedded shop (see `mmlib.data.synthetic`) | no       |
-| `elliot_tsv`        | `train.tsv`, `val.tsv`, `test.tsv`: user, item, rating[, timestamp], no header | yes |
-| `mmrec`             | `<name>.inter` (header userID itemID [rating] [timestamp] x_label), or LATTICE-style `train.json`/`val.json`/`test.json` | yes |
+| `elliot_tsv`        | `train.tsv`, `val.tsv`, `test.tsv`: user, item, rating[, timestamp], no header (read in `mmlib.io.elliot`) | yes |
+| `mmrec`             | `<name>.inter` (header userID itemID [rating] [timestamp] x_label) with its id maps, or LATTICE-style `train.json`/`val.json`/`test.json` (read in `mmlib.io.mmrec`) | yes |
 | `movielens_posters` | `ml-latest-small/{ratings,movies,tags}.csv` + `posters/<movieId>.jpg` | no   |
 | `amazon2014`        | downloads `reviews_<Category>_5.json.gz`, `meta_<Category>.json.gz` and the images into `path` (see `mmlib.data.amazon2014`) | no |
 
@@ -21,13 +21,14 @@ Image paths are relative to `SourceData.root` and left unresolved: prepare refus
 (through '..' or a symbolic link) outside that folder.
 
 A source is a card in `mmlib.data.spec` (name, options dataclass, needs a folder, brings a split:
-what a study is validated against, without pandas) and a loader here, in `LOADERS`.
+what a study is validated against, without pandas) and a loader in `LOADERS`: here, or, for the
+external formats that `mmlib.io` reads and writes, named there by module path.
 """
 
 from __future__ import annotations
 
+import importlib
 import io
-import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,8 +41,6 @@ from mmlib.config import from_mapping
 from mmlib.data.amazon2014 import read_amazon2014
 from mmlib.data.inputs import InputLog
 from mmlib.data.spec import (
-    ElliotTsvOptions,
-    MmrecOptions,
     MovielensOptions,
     SourceCard,
     SyntheticOptions,
@@ -51,7 +50,6 @@ from mmlib.data.spec import (
 )
 from mmlib.data.synthetic import generate_synthetic
 from mmlib.errors import MmlibError
-from mmlib.storage import confined
 
 log = logging.getLogger(__name__)
 
@@ -179,139 +177,10 @@ def load_synthetic(path: Path | None, options: dict, work_dir: Path) -> SourceDa
     return SourceData(items, users, inter, Path(work_dir), False, info)
 
 
-# -- elliot_tsv ------------------------------------------------------------------------------------
-
-
-def load_elliot_tsv(path: Path, options: dict, work_dir: Path | None = None) -> SourceData:
-    opt = from_mapping(ElliotTsvOptions, options or {}, "dataset.options (elliot_tsv)")
-    inputs = InputLog(Path(path))
-    parts = []
-    for split, name in (("train", opt.train), ("val", opt.val), ("test", opt.test)):
-        file = confined(Path(path), name)  # an option like "../x.tsv" may not leave the folder
-        frame = _read_table(file, inputs, sep="\t", header=None, dtype=str, keep_default_na=False)
-        _require_rows(frame, file)
-        if frame.shape[1] not in (3, 4):
-            raise MmlibError(
-                f"{file}: expected 3 or 4 tab-separated columns (user, item, rating[, timestamp]) "
-                f"without a header, found {frame.shape[1]}."
-            )
-        part = pd.DataFrame({
-            "user_id": frame[0].to_numpy(),
-            "item_id": frame[1].to_numpy(),
-            "rating": _numeric(frame[2], file, "rating (column 3)", np.float32, header=False),
-            "timestamp": (_numeric(frame[3], file, "timestamp (column 4)", np.float64, header=False).astype(np.int64)
-                          if frame.shape[1] == 4 else np.zeros(len(frame), np.int64)),
-            "split": split,
-        })
-        parts.append(part)
-    raw = pd.concat(parts, ignore_index=True)
-    info = {"files": [opt.train, opt.val, opt.test], "rows": {p["split"].iat[0]: len(p) for p in parts}}
-    return _from_raw(raw, info, has_split=True, inputs=inputs)
-
-
-# -- mmrec -----------------------------------------------------------------------------------------
-
-
-X_LABELS = {0: "train", 1: "val", 2: "test"}
-
-
-def _mmrec_inter(file: Path, inputs: InputLog) -> SourceData:
-    frame = _read_table(file, inputs, sep="\t", dtype=str, keep_default_na=False)
-    _require_rows(frame, file)
-    missing = [c for c in ("userID", "itemID", "x_label") if c not in frame.columns]
-    if missing:
-        raise MmlibError(
-            f"{file}: missing column(s) {missing}; an MMRec .inter file has the header "
-            f"userID, itemID[, rating][, timestamp], x_label (found {list(frame.columns)})."
-        )
-    labels = _numeric(frame["x_label"], file, "x_label", np.int64)
-    bad = ~np.isin(labels, list(X_LABELS))
-    if bad.any():
-        raise MmlibError(f"{file}: x_label must be 0 (train), 1 (val) or 2 (test); found {labels[bad][0]}.")
-    raw = pd.DataFrame({
-        "user_id": frame["userID"].to_numpy(),
-        "item_id": frame["itemID"].to_numpy(),
-        "rating": (_numeric(frame["rating"], file, "rating", np.float32) if "rating" in frame
-                   else np.ones(len(frame), np.float32)),
-        "timestamp": (_numeric(frame["timestamp"], file, "timestamp", np.float64).astype(np.int64)
-                      if "timestamp" in frame else np.zeros(len(frame), np.int64)),
-        "split": np.array([X_LABELS[x] for x in range(3)], dtype=object)[labels],
-    })
-    info = {"format": "inter", "file": file.name, "rows": {s: int((raw["split"] == s).sum()) for s in X_LABELS.values()}}
-    return _from_raw(raw, info, has_split=True, inputs=inputs)
-
-
-def _read_json(file: Path, inputs: InputLog):
-    try:
-        return json.loads(inputs.read(file))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MmlibError(f"{file}: malformed JSON ({exc}).") from exc
-
-
-def _mmrec_json(folder: Path, inputs: InputLog) -> SourceData:
-    def inverse(name: str) -> dict[int, str] | None:
-        file = folder / name
-        if not file.is_file():
-            inputs.absent(file)
-            return None
-        mapping = _read_json(file, inputs)
-        for key in mapping:  # a bad \u escape gives a lone surrogate, which no frame can hold
-            _check_utf8(str(key), file, "id")
-        return {int(v): str(k) for k, v in mapping.items()}
-
-    items_map, users_map = inverse("item2id.json"), inverse("user2id.json")
-    parts = []
-    for split in ("train", "val", "test"):
-        file = folder / f"{split}.json"
-        if not file.is_file():
-            raise MmlibError(f"{file}: file not found; the JSON layout needs train.json, val.json and test.json.")
-        if file.stat().st_size == 0:
-            raise MmlibError(f"{file}: the interactions file is empty (0 bytes); supply a non-empty file.")
-        data = _read_json(file, inputs)
-        if not isinstance(data, dict):
-            raise MmlibError(f"{file}: expected an object {{user: [items]}}, got {type(data).__name__}.")
-        users = np.repeat(np.array([int(u) for u in data], dtype=np.int64), [len(v) for v in data.values()])
-        items = np.fromiter((int(i) for v in data.values() for i in v), dtype=np.int64, count=len(users))
-        if len(users) == 0:
-            raise MmlibError(f"{file}: the interactions file has 0 interactions; supply a non-empty file.")
-        parts.append(pd.DataFrame({"u": users, "i": items, "split": split}))
-    raw = pd.concat(parts, ignore_index=True)
-    # keep the source's integer numbering as the item/user order
-    item_ints = np.unique(raw["i"].to_numpy())
-    user_ints = np.unique(raw["u"].to_numpy())
-    item_ids = [items_map.get(int(i), str(i)) if items_map else str(i) for i in item_ints]
-    user_ids = [users_map.get(int(u), str(u)) if users_map else str(u) for u in user_ints]
-    inter = pd.DataFrame({
-        "user": np.searchsorted(user_ints, raw["u"].to_numpy()).astype(np.int64),
-        "item": np.searchsorted(item_ints, raw["i"].to_numpy()).astype(np.int64),
-        "rating": np.ones(len(raw), np.float32),
-        "timestamp": np.zeros(len(raw), np.int64),
-        "split": raw["split"].to_numpy(),
-    })
-    items = _id_only_items(pd.Index(item_ids))
-    users = _users(pd.Index(user_ids))
-    info = {"format": "json", "files": ["train.json", "val.json", "test.json"],
-            "rows": {p["split"].iat[0]: len(p) for p in parts}, "id_maps": bool(items_map and users_map)}
-    return SourceData(items, users, inter, None, True, info, inputs.records)
-
-
-def load_mmrec(path: Path, options: dict, work_dir: Path | None = None) -> SourceData:
-    opt = from_mapping(MmrecOptions, options or {}, "dataset.options (mmrec)")
-    folder = Path(path)
-    inputs = InputLog(folder)
-    if opt.inter is not None:
-        return _mmrec_inter(confined(folder, opt.inter), inputs)
-    inters = [folder / n for n in sorted(inputs.listing(folder, "*.inter"))]
-    if len(inters) == 1:
-        return _mmrec_inter(inters[0], inputs)
-    if len(inters) > 1:
-        raise MmlibError(
-            f"{folder}: holds several .inter files ({', '.join(p.name for p in inters)}); "
-            "choose one with dataset.options.inter."
-        )
-    if (folder / "train.json").is_file():
-        return _mmrec_json(folder, inputs)
-    raise MmlibError(f"{folder}: no .inter file and no train/val/test.json; is this an MMRec dataset folder?")
+# -- elliot_tsv, mmrec: external formats, read (and written) in mmlib.io ------------------------------
+# `elliot_tsv` is `mmlib.io.elliot.load_elliot_tsv`, `mmrec` is `mmlib.io.mmrec.load_mmrec`: each
+# format has one module that reads and writes it. LOADERS names them by module path, resolved on
+# first use, so that the data layer imports nothing from mmlib.io (which sits above it).
 
 
 # -- movielens_posters -----------------------------------------------------------------------------
@@ -401,10 +270,18 @@ def load_movielens_posters(path: Path, options: dict, work_dir: Path | None = No
 
 @dataclass(frozen=True)
 class SourceInfo:
-    """A source's card (`mmlib.data.spec`) and its loader."""
+    """A source's card (`mmlib.data.spec`) and its loader (a function, or "module:function",
+    imported on first use)."""
 
     card: SourceCard
-    loader: Callable[..., SourceData]
+    loader_ref: Callable[..., SourceData] | str
+
+    @property
+    def loader(self) -> Callable[..., SourceData]:
+        if isinstance(self.loader_ref, str):
+            module, _, name = self.loader_ref.partition(":")
+            return getattr(importlib.import_module(module), name)
+        return self.loader_ref
 
     @property
     def needs_path(self) -> bool:
@@ -426,11 +303,12 @@ def load_amazon2014(path: Path, options: dict, work_dir: Path | None = None) -> 
     return SourceData(**read_amazon2014(path, options))
 
 
-#: source name -> loader(path, options, work_dir) -> SourceData; one per card in mmlib.data.spec
-LOADERS: dict[str, Callable[..., SourceData]] = {
+#: source name -> loader(path, options, work_dir) -> SourceData (or "module:function" of one);
+#: one per card in mmlib.data.spec
+LOADERS: dict[str, Callable[..., SourceData] | str] = {
     "synthetic": load_synthetic,
-    "elliot_tsv": load_elliot_tsv,
-    "mmrec": load_mmrec,
+    "elliot_tsv": "mmlib.io.elliot:load_elliot_tsv",
+    "mmrec": "mmlib.io.mmrec:load_mmrec",
     "movielens_posters": load_movielens_posters,
     "amazon2014": load_amazon2014,
 }

@@ -34,7 +34,6 @@ import unicodedata
 from typing import Any, ClassVar
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from mmlib.config import from_mapping
 from mmlib.errors import MmlibError
@@ -47,6 +46,7 @@ from mmlib.extract.loader import (
     read_text,
     resolve_workers,
 )
+from mmlib.progress import tqdm
 from mmlib.registry import EXTRACTORS
 
 
@@ -316,7 +316,11 @@ def build_setting(setting, where: str) -> dict[str, Extractor]:
     Builds are cheap: no checkpoint is resolved or loaded here."""
     built: dict[int, Extractor] = {}
     extractors: dict[str, Extractor] = {}
-    for modality, checked in check_setting(setting, where).items():
+    checked_setting = check_setting(setting, where)
+    if isinstance(checked_setting, cards.ImportSetting):
+        raise MmlibError(f"{where}: an `import: {checked_setting.format}` setting names files, not "
+                         "extractors; import it with mmlib.io.import_setting (pipeline.extract does).")
+    for modality, checked in checked_setting.items():
         if id(checked) not in built:
             built[id(checked)] = (checked.built if checked.built is not None
                                   else EXTRACTORS.get(checked.name)(checked.options))

@@ -8,6 +8,10 @@ holds its rules, parsed strictly by `mmlib.config.from_mapping`. The extractor c
 (`class ColorHistogram(Extractor, card="color_histogram")`) and takes `Options` and `modalities`
 from it. A new extractor is one card here (`register(ExtractorCard(...))`) and one class with
 `card=` in the module that the card names.
+
+A setting may instead name precomputed features by files (`{import: mmrec | ducho | elliot, path:
+...}`): `check_setting` checks that form too (`check_import` -> `ImportSetting`), and `mmlib.io`
+imports it.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -303,12 +308,17 @@ def check_spec(spec, where: str = "extractor") -> CheckedSpec:
     return CheckedSpec(name, found.modalities, parsed)
 
 
-def check_setting(setting, where: str) -> dict[str, CheckedSpec]:
+def check_setting(setting, where: str) -> dict[str, CheckedSpec] | ImportSetting:
     """The one check of an extractor setting (modality -> spec): every modality is known, every
     spec names a known extractor with valid options, and that extractor produces the modality.
     Returns modality -> CheckedSpec; modalities whose specs give the same extractor with the same
     options (after defaults) share one CheckedSpec (and so, when built, one extractor: a CLIP-like
-    model is loaded once for both). Nothing is imported, resolved or loaded here."""
+    model is loaded once for both). Nothing is imported, resolved or loaded here.
+
+    A setting that names files instead of a model (`{import: mmrec, path: ...}`) is checked by
+    `check_import` and returned as an `ImportSetting`."""
+    if is_import(setting):
+        return check_import(setting, where)
     if not isinstance(setting, dict) or not setting:
         raise MmlibError(f"{where}: the setting must map modalities ({', '.join(MODALITIES)}) to "
                          f"extractor specs, got {setting!r}.")
@@ -330,3 +340,79 @@ def check_setting(setting, where: str) -> dict[str, CheckedSpec]:
                              f"features (it produces: {', '.join(one.modalities)}).")
         checked[modality] = one
     return checked
+
+
+# -- precomputed features: the `import:` form of a setting ----------------------------------------------
+
+IMPORT_FORMATS = ("mmrec", "ducho", "elliot")
+_MODALITY_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+@dataclass
+class ImportSetting:
+    """Precomputed features named by files instead of a model (`mmlib.io` reads them):
+
+        {import: mmrec, path: hetrec_lastfm2k_mm/features,
+         files: {all-MiniLM-L6-v2.npy: textual, vggish.npy: audio}}
+        {import: ducho, path: baby_ducho, folders: {visual: visual_embeddings/.../avgpool}}
+        {import: elliot, path: baby_elliot}            # every <modality>_features/ folder
+
+    `path` is a folder; a relative one is under $MMLIB_DATA, as a dataset's `path`. Modality
+    names are free (audio, audio_whisper, ...): models use every modality they are given."""
+
+    format: Literal["mmrec", "ducho", "elliot"]
+    path: str
+    # mmrec: file in `path` -> modality (default: image_feat.npy -> visual, text_feat.npy -> textual)
+    files: dict[str, str] | None = None
+    # ducho (required) and elliot (default: every <modality>_features/): modality -> folder in `path`
+    folders: dict[str, str] | None = None
+    # how file rows / names find dataset items: by the dataset's original item_id (MMRec through
+    # i_id_mapping.csv where the folder has one) or by the dense item index ("indexed")
+    ids: Literal["original", "indexed"] = "original"
+    missing: Literal["mean", "zero"] = "mean"  # the fill of items without a row / file
+
+    def __post_init__(self):
+        if not self.path.strip():
+            raise MmlibError("path: name the folder that holds the files.")
+        if self.format == "mmrec" and self.folders is not None:
+            raise MmlibError("folders: an MMRec folder holds one matrix per modality; name them "
+                             "with files: {file.npy: modality}.")
+        if self.format != "mmrec" and self.files is not None:
+            raise MmlibError(f"files: {self.format} features are per-item files in one folder per "
+                             "modality; name them with folders: {modality: folder}.")
+        if self.format == "ducho" and not self.folders:
+            raise MmlibError("folders: Ducho writes one folder per modality; name them "
+                             "(folders: {visual: <folder in path>, textual: ...}).")
+        named = {**{m: f for f, m in (self.files or {}).items()}, **(self.folders or {})}
+        if self.files is not None and len(set(self.files.values())) != len(self.files):
+            raise MmlibError(f"files: two files map to one modality ({self.files}).")
+        for modality, name in named.items():
+            if not isinstance(modality, str) or not _MODALITY_NAME.match(modality):
+                raise MmlibError(f"modality {modality!r}: a letter followed by letters, digits or "
+                                 "'_' (it names the file <modality>.npy).")
+            if not isinstance(name, str) or not name.strip() or name.startswith(("/", "~")):
+                raise MmlibError(f"{modality}: {name!r} must be a file or folder inside path.")
+        if self.files is not None and not all(str(f).endswith(".npy") for f in self.files):
+            raise MmlibError(f"files: every file is a .npy matrix (got {sorted(self.files)}).")
+
+
+def is_import(setting) -> bool:
+    """Whether a setting is the `import:` form (files, not a model)."""
+    return isinstance(setting, dict) and "import" in setting
+
+
+def check_import(setting: dict, where: str) -> ImportSetting:
+    """The check of an `import:` setting: a known format, a path, and that format's options."""
+    data = dict(setting)
+    fmt = data.pop("import")
+    allowed = ["import"] + [f.name for f in dataclasses.fields(ImportSetting) if f.name != "format"]
+    unknown = [k for k in data if k not in allowed]
+    if unknown:
+        close = difflib.get_close_matches(str(unknown[0]), allowed, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise MmlibError(f"{where}: unknown key {unknown[0]!r} in an import setting.{hint} Allowed "
+                         f"keys: {', '.join(allowed)} (a setting either imports files or maps "
+                         "modalities to extractors, not both).")
+    if fmt not in IMPORT_FORMATS:
+        raise MmlibError(f"{where}.import: {fmt!r} is not one of {list(IMPORT_FORMATS)}.")
+    return from_mapping(ImportSetting, {"format": fmt, **data}, where)

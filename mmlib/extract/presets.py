@@ -9,6 +9,9 @@ spec, in the shape a study's `extractors.<key>` takes. The paper's five settings
 | `align`           | align (kakaobrain/align-base), both modalities                |
 | `altclip`         | altclip (BAAI/AltCLIP), both modalities                       |
 
+Presets may also import precomputed features (`import:`, see `mmlib.extract.cards.ImportSetting`):
+`lastfm2k_minilm_whisper` and `lastfm2k_minilm_vggish` read Last.fm-2K's shipped MMRec matrices.
+
     setting = load_preset("clip")            # {"visual": {...}, "textual": {...}}
     extract_features(dataset, "clip", setting, out_root)
 """
