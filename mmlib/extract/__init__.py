@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import importlib
 
+from mmlib.lazy import lazy_exports
+
 _LAZY = {  # name -> module that defines it
     "MODALITIES": "mmlib.extract.cards",
     "Extractor": "mmlib.extract.base",
@@ -63,13 +65,4 @@ def load_all() -> None:
     _loaded = True
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value  # once
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

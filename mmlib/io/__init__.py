@@ -20,7 +20,7 @@ Importing this package imports no format module: the names below are imported on
 
 from __future__ import annotations
 
-import importlib
+from mmlib.lazy import lazy_exports
 
 _LAZY = {  # name -> module that defines it
     "export_ducho": "mmlib.io.ducho",
@@ -38,13 +38,4 @@ __all__ = ["export_ducho", "export_elliot", "export_mmrec", "import_ducho", "imp
            "import_mmrec_features", "import_setting", "load_elliot_tsv", "load_mmrec"]
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value  # once
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
