@@ -148,7 +148,7 @@ def registered_model():
     cls = define_model()
     yield cls
     del MODELS._entries[MODEL_NAME]  # the registries are global: leave them as they were
-    del cards._CARDS[MODEL_NAME]
+    cards._CATALOG.unregister(MODEL_NAME)
     assert MODEL_NAME not in MODELS.names() and MODEL_NAME not in cards.names()
 
 

@@ -14,13 +14,13 @@ two agree.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from mmlib.catalog import Catalog
 from mmlib.config import from_mapping
 from mmlib.data.amazon2014 import Amazon2014Options
 from mmlib.errors import MmlibError
@@ -145,33 +145,21 @@ class SourceCard:
     downloads: bool = False  # `dataset.path` is where the source downloads to: created if absent
 
 
-_SOURCES: dict[str, SourceCard] = {card.name: card for card in (
+_SOURCES: Catalog[SourceCard] = Catalog("source", cards=(
     SourceCard("synthetic", needs_path=False, provides_split=False, Options=SyntheticOptions),
     SourceCard("elliot_tsv", needs_path=True, provides_split=True, Options=ElliotTsvOptions),
     SourceCard("mmrec", needs_path=True, provides_split=True, Options=MmrecOptions),
     SourceCard("movielens_posters", needs_path=True, provides_split=False, Options=MovielensOptions),
     SourceCard("amazon2014", needs_path=True, provides_split=False, Options=Amazon2014Options, downloads=True),
-)}
+))
 
 
-def register_source(card: SourceCard) -> SourceCard:
-    """Add a source's card (its loader goes into `mmlib.data.sources.LOADERS`)."""
-    if card.name in _SOURCES:
-        raise RuntimeError(f"source {card.name!r} registered twice")
-    _SOURCES[card.name] = card
-    return card
-
-
-def source_names() -> list[str]:
-    return list(_SOURCES)
+# register_source(card) adds a source's card (its loader goes into `mmlib.data.sources.LOADERS`)
+register_source, source_names = _SOURCES.register, _SOURCES.names
 
 
 def source_card(name: str, where: str = "dataset.source") -> SourceCard:
-    if name not in _SOURCES:
-        close = difflib.get_close_matches(str(name), _SOURCES, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise MmlibError(f"{where}: unknown source {name!r}.{hint} Known sources: {', '.join(_SOURCES)}.")
-    return _SOURCES[name]
+    return _SOURCES.get(name, where)
 
 
 def options_class(name: str) -> type:

@@ -23,6 +23,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from mmlib.catalog import Catalog
 from mmlib.config import from_mapping
 from mmlib.data.spec import DEFAULT_MAX_PIXELS
 from mmlib.errors import MmlibError
@@ -233,7 +234,7 @@ class ResNet50Options(VisionBackboneOptions):
 # -- the cards ---------------------------------------------------------------------------------------
 
 _VISUAL, _TEXTUAL, _BOTH = ("visual",), ("textual",), ("visual", "textual")
-_CARDS: dict[str, ExtractorCard] = {card.name: card for card in (
+_CATALOG: Catalog[ExtractorCard] = Catalog("extractor", "`mmlib list extractors`", (
     ExtractorCard("color_histogram", "mmlib.extract.color_histogram", _VISUAL, ColorHistogramOptions),
     ExtractorCard("tfidf_svd", "mmlib.extract.tfidf", _TEXTUAL, TfidfSvdOptions),
     ExtractorCard("sentence_transformers", "mmlib.extract.sbert", _TEXTUAL, SentenceTransformersOptions),
@@ -244,28 +245,11 @@ _CARDS: dict[str, ExtractorCard] = {card.name: card for card in (
     ExtractorCard("hf_text", "mmlib.extract.hf_text", _TEXTUAL, HFTextOptions),
     ExtractorCard("vision_backbone", "mmlib.extract.vision", _VISUAL, VisionBackboneOptions),
     ExtractorCard("resnet50", "mmlib.extract.vision", _VISUAL, ResNet50Options),
-)}
+))
 
 
-def register(card: ExtractorCard) -> ExtractorCard:
-    """Add an extractor's card (its class then names it: `class X(Extractor, card=...)`)."""
-    if card.name in _CARDS:
-        raise RuntimeError(f"extractor card {card.name!r} registered twice")
-    _CARDS[card.name] = card
-    return card
-
-
-def names() -> list[str]:
-    return sorted(_CARDS)
-
-
-def card(name: str) -> ExtractorCard:
-    if name not in _CARDS:
-        close = difflib.get_close_matches(str(name), _CARDS, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise MmlibError(f"Unknown extractor {name!r}.{hint} Known: {', '.join(names())} "
-                         f"(`mmlib list extractors`).")
-    return _CARDS[name]
+# register(card) adds an extractor's card (its class then names it: `class X(Extractor, card=...)`)
+register, names, card = _CATALOG.register, _CATALOG.names, _CATALOG.get
 
 
 # -- the one check of a spec and of a setting -----------------------------------------------------------

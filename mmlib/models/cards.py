@@ -27,11 +27,11 @@ says so next to it.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+from mmlib.catalog import Catalog
 from mmlib.config import param
 from mmlib.errors import MmlibError
 from mmlib.protocol import TrainSpec
@@ -79,26 +79,8 @@ class ModelCard:
                              f"`modalities: list[str] | None = None` parameter.")
 
 
-_CARDS: dict[str, ModelCard] = {}
-
-
-def register(model_card: ModelCard) -> ModelCard:
-    if model_card.name in _CARDS:
-        raise MmlibError(f"Model card {model_card.name!r} registered twice.")
-    _CARDS[model_card.name] = model_card
-    return model_card
-
-
-def names() -> list[str]:
-    return sorted(_CARDS)
-
-
-def card(name: str) -> ModelCard:
-    if name not in _CARDS:
-        close = difflib.get_close_matches(str(name), _CARDS, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise MmlibError(f"Unknown model {name!r}.{hint} Known: {', '.join(names())} (`mmlib list models`).")
-    return _CARDS[name]
+_CATALOG: Catalog[ModelCard] = Catalog("model", "`mmlib list models`")
+register, names, card = _CATALOG.register, _CATALOG.names, _CATALOG.get
 
 
 # -- rules between fields, or on the entries of a mapping (a declared range cannot reach them) ------
