@@ -66,9 +66,21 @@ def cmd_report(args) -> None:
     print(report.to_markdown(table))
 
 
-def cmd_batch(args) -> int:
+def _sigterm_like_ctrl_c() -> None:
+    """SIGTERM ends a batch as Ctrl-C does: locks released, kernels and workers stopped."""
     import signal
 
+    def terminate(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+
+
+def cmd_batch(args) -> int:
+    from mmlib.suite import is_suite
+
+    if is_suite(args.study):  # a suite of studies (params/reproduction.yaml): mmlib.suite
+        return _batch_suite(args)
     if args.dry_run:  # the plan needs no artifact: no data, no torch
         from mmlib.study import describe_plan
 
@@ -76,14 +88,32 @@ def cmd_batch(args) -> int:
         return 0
     from mmlib.batch import run_batch
 
-    def terminate(signum, frame):  # finish like Ctrl-C: locks released, kernels and workers stopped
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, terminate)
+    _sigterm_like_ctrl_c()
     summary = run_batch(args.study, kernel=args.kernel, only=args.only, workers=args.workers,
                         scheduler=args.scheduler, progress=not args.no_progress)
     print(summary.report())
     return 1 if summary.failed else 0
+
+
+def _batch_suite(args) -> int:
+    from mmlib import suite
+
+    loaded = suite.load_suite(args.study)
+    if args.dry_run:
+        print(suite.describe(loaded, args.only))
+        return 0
+    from mmlib.analysis.reproduction import write_report
+
+    _sigterm_like_ctrl_c()
+    try:
+        summaries = suite.run_suite(args.study, only=args.only, kernel=args.kernel, workers=args.workers,
+                                    scheduler=args.scheduler, progress=not args.no_progress)
+    finally:  # also after Ctrl-C: the report of what finished
+        write_report(loaded)
+    for summary in summaries.values():
+        print(summary.report())
+    print(f"report: {loaded.outputs / 'reproduction.md'}")
+    return 1 if any(s.failed for s in summaries.values()) else 0
 
 
 def cmd_bench(args) -> None:
@@ -139,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the plan (runs per dataset / setting / "
                    "model and the totals) without doing anything")
     p.add_argument("--only", nargs="+", metavar="KEY=VALUE",
-                   help="only these runs, e.g. --only dataset=baby model=FREEDOM setting=clip")
+                   help="only these runs, e.g. --only dataset=baby model=FREEDOM setting=clip "
+                   "(a suite also takes study=NAME)")
     p.add_argument("--workers", type=int, default=1, help="1 (default): in this process; N: a local Dask "
                    "cluster of N single-threaded worker processes; 0: one per core")
     p.add_argument("--scheduler", help="address of a running Dask scheduler, tcp://HOST:PORT "
