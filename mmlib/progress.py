@@ -18,6 +18,11 @@ def tqdm(*args, **kwargs):
     """A `tqdm` bar (same arguments); see the module's docstring for which kind."""
     if "TQDM_DISABLE" in os.environ:
         from tqdm.std import tqdm as bar
+
+        # tqdm reads its TQDM_* variables once, when it is first imported: a variable set later
+        # (the batch runner sets it for the runs it trains in its own process) is passed here
+        if os.environ["TQDM_DISABLE"].strip().lower() not in ("", "0", "false"):
+            kwargs.setdefault("disable", True)
     else:
         from tqdm.auto import tqdm as bar  # the widget in a kernel with ipywidgets, else text
     return bar(*args, **kwargs)
