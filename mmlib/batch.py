@@ -45,10 +45,6 @@ class Task:
     parameters: dict = field(default_factory=dict)
     run: RunRef | None = None  # for run tasks
 
-    @property
-    def kind(self) -> str:
-        return self.key.split("/", 1)[0]
-
 
 @dataclass
 class Outcome:

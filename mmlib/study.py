@@ -9,10 +9,7 @@ paper's study before any data is downloaded.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import itertools
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,11 +184,6 @@ class StudySpec:
             raise MmlibError(f"{self.where}: no dataset {dataset!r} (has {', '.join(self.dataset_specs)}).")
         return dataset
 
-    @property
-    def dataset_spec(self) -> DatasetSpec:
-        """The dataset of a single-dataset study."""
-        return self.dataset_specs[self.dataset_name()]
-
     def extraction_units(self) -> list[ExtractionUnit]:
         units = []
         for key, setting in self.settings.items():
@@ -238,10 +230,6 @@ class StudySpec:
                 for setting in self.settings_for(model)
                 for seed in seeds
                 for point in range(len(self.grid(model)))]
-
-    def fingerprint(self) -> str:
-        blob = json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     # -- validation ------------------------------------------------------------------------------
     def validate(self) -> "StudySpec":

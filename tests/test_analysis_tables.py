@@ -24,6 +24,7 @@ from mmlib import pipeline, report
 from mmlib.analysis import stats
 from mmlib.analysis.outputs import write_all
 from mmlib.study import NO_FEATURES, load_study
+from mmlib.testing.builders import synthetic_shop
 
 REPO = Path(__file__).resolve().parent.parent
 DATASETS = ("shopA", "shopB")
@@ -34,8 +35,7 @@ FIGURES = ["relative_improvement", "extraction_time", "average_rank", "validatio
 
 
 def shop(seed: int, users: int) -> dict:
-    return {"source": "synthetic", "options": {"n_users": users, "n_items": users // 2,
-                                               "n_interactions": users * 12, "seed": seed}}
+    return synthetic_shop(seed, users)
 
 
 def write_study(folder: Path, outputs: Path, **changes) -> Path:

@@ -18,6 +18,7 @@ from mmlib import cli, pipeline
 from mmlib.batch import run_batch
 from mmlib.errors import MmlibError
 from mmlib.study import load_study
+from mmlib.testing.builders import synthetic_shop
 
 REPO = Path(__file__).resolve().parent.parent
 SETTINGS = {"hist": {"visual": {"extractor": "color_histogram", "bins": 2},
@@ -26,8 +27,7 @@ SETTINGS = {"hist": {"visual": {"extractor": "color_histogram", "bins": 2},
 
 
 def shop(seed: int, users: int = 120) -> dict:
-    return {"source": "synthetic", "options": {"n_users": users, "n_items": users // 2,
-                                               "n_interactions": users * 12, "seed": seed}}
+    return synthetic_shop(seed, users)
 
 
 def write_study(folder: Path, **changes) -> Path:

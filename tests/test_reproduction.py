@@ -13,6 +13,7 @@ from mmlib import cli, pipeline
 from mmlib.analysis.reproduction import write_report
 from mmlib.study import load_study
 from mmlib.suite import load_suite
+from mmlib.testing.builders import synthetic_shop
 
 REPO = Path(__file__).resolve().parent.parent
 SUITE = REPO / "params" / "reproduction.yaml"
@@ -21,8 +22,7 @@ TRAIN = {"threads": 1, "epochs": 4, "eval_every": 2}
 
 
 def shop(seed: int, users: int = 80) -> dict:
-    return {"source": "synthetic", "options": {"n_users": users, "n_items": users // 2,
-                                               "n_interactions": users * 12, "seed": seed}}
+    return synthetic_shop(seed, users)
 
 
 def write_suite(folder: Path) -> Path:

@@ -135,3 +135,10 @@ def expected_present(modality: str) -> np.ndarray:
     if modality == "visual":
         return np.array([i not in (CORRUPT, ZERO_BYTE, NO_IMAGE) for i in range(len(TEXTS))])
     return np.array([isinstance(t, str) and bool(t.strip()) for t in TEXTS])
+
+
+def synthetic_shop(seed: int, users: int) -> dict:
+    """A tiny synthetic dataset spec (as a study's `datasets:` entry takes): `users` users, half as
+    many items, 12 interactions per user."""
+    return {"source": "synthetic", "options": {"n_users": users, "n_items": users // 2,
+                                               "n_interactions": users * 12, "seed": seed}}
