@@ -43,7 +43,7 @@ class GraphCache:
         with artifact_lock(path.with_name(f".{path.name}.lock"), f"graph cache {name}"):
             graph = load_graph(path)
             if graph is not None:
-                log.info("reusing cached graph %s", path)
+                log.debug("reusing cached graph %s", path)
                 return graph
             graph = sp.csr_matrix(build())
             save_graph(path, graph)

@@ -91,6 +91,11 @@ class StudySpec:
     seeds: list[int] | None = None  # training seeds; default: the protocol's one seed
     models: dict[str, dict] = field(default_factory=dict)  # model -> overrides of its grid file
     store: StoreSpec = field(default_factory=StoreSpec)
+    # what the analysis tests against: the setting every setting is compared with (default: the
+    # first training setting) and the model every model is compared with (default: the best
+    # classical model by mean test value of the validation metric)
+    reference_setting: str | None = None
+    reference_model: str | None = None
     outputs: str = "outputs"  # relative to the study file's folder; MMLIB_OUTPUTS overrides
     source_file: str | None = None
 
@@ -253,6 +258,12 @@ class StudySpec:
                                  "'extractors' settings.")
             for point in self.grid(model):
                 split_config(card, point, base, f"{where}: models.{model}")
+        if self.reference_setting is not None and self.reference_setting not in self.training_settings():
+            raise MmlibError(f"{where}: reference_setting {self.reference_setting!r} is not a setting the "
+                             f"models train on; choose one of {', '.join(self.training_settings()) or 'none'}.")
+        if self.reference_model is not None and self.reference_model not in self.models:
+            raise MmlibError(f"{where}: reference_model {self.reference_model!r} is not in 'models' "
+                             f"({', '.join(self.models)}).")
         check_writable(self.output_root, f"{where}: output root")
         return self
 

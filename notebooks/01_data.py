@@ -102,15 +102,19 @@ steps.select_dtypes("number").stack().dropna().map("{:g}".format).to_frame("valu
 import textwrap
 
 import matplotlib.pyplot as plt
+from IPython.display import display
 from PIL import Image
 
 sample = data.items[data.items["has_image"]].head(6)
-fig, axes = plt.subplots(1, len(sample), figsize=(2.2 * len(sample), 3.2))
-for ax, (_, row) in zip(axes, sample.iterrows()):
-    ax.imshow(Image.open(data.root / row["image"]))
-    ax.set_title(textwrap.fill(str(row["text"])[:60], 22), fontsize=7)
-    ax.axis("off")
-plt.show()
+if sample.empty:  # no raw images (e.g. a dataset that ships its features precomputed): the table
+    display(data.items.head(6))
+else:
+    fig, axes = plt.subplots(1, len(sample), figsize=(2.2 * len(sample), 3.2), squeeze=False)
+    for ax, (_, row) in zip(axes[0], sample.iterrows()):
+        ax.imshow(Image.open(data.root / row["image"]))
+        ax.set_title(textwrap.fill(str(row.get("text", ""))[:60], 22), fontsize=7)
+        ax.axis("off")
+    plt.show()
 
 # %% [markdown]
 # The image and the text describe the same item from two sides. In the synthetic shop both are

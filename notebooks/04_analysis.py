@@ -40,22 +40,21 @@ except ImportError:  # Colab or a bare kernel: install mmlib from its repository
 
 # %% tags=["parameters"]
 study = "../params/default.yaml"
-reference_setting = None  # None: the study's first training setting
-reference_model = None  # None: the best classical model by mean test Recall@20
+reference_setting = None  # None: the study's `reference_setting`, else its first training setting
+reference_model = None  # None: the study's `reference_model`, else the best classical model
 
 # %%
 # %matplotlib inline
 import logging
 
+from pathlib import Path
+
 from IPython.display import Markdown, display
 
 from mmlib.analysis import figures, narrative, tables
 from mmlib.analysis.outputs import write_all
-from mmlib.study import load_study
-
-from pathlib import Path
-
 from mmlib.resources import params_dir
+from mmlib.study import load_study
 
 logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 if not Path(study).is_file() and (params_dir() / Path(study).name).is_file():

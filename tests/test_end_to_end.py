@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def make_study(tmp_path: Path, **changes) -> Path:
     study = yaml.safe_load((REPO / "params" / "default.yaml").read_text())
+    study.pop("seeds")  # one seed: the protocol's
     study["outputs"] = str(tmp_path / "outputs")
     study.update(changes)
     path = tmp_path / "study.yaml"

@@ -199,6 +199,7 @@ def test_import_setting_is_cached_and_reimported_when_its_files_change(shop, tmp
 def test_vbpr_on_imported_mmrec_features_equals_vbpr_on_the_original_features(tmp_path, monkeypatch):
     monkeypatch.setenv("MMLIB_DATA", str(tmp_path / "data"))
     study = yaml.safe_load((REPO / "params" / "default.yaml").read_text())
+    study.pop("seeds")  # one seed: the protocol's
     study.update(
         outputs=str(tmp_path / "outputs"),
         dataset={"source": "synthetic", "name": "tiny", "split": {"strategy": "elliot", "seed": 1},

@@ -62,6 +62,7 @@ pytestmark = pytest.mark.slow
 def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("quality")
     spec = yaml.safe_load((REPO / "params" / "default.yaml").read_text())
+    spec.pop("seeds")  # one seed: the protocol's
     spec.update(outputs=str(root / "outputs"), extractors={SETTING: spec["extractors"][SETTING]},
                 train={"epochs": EPOCHS, "eval_every": 10, "threads": 2},
                 models={m: {**CONFIG, **PINNED.get(m, {})} for m in MODELS.names()})

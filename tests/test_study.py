@@ -27,14 +27,22 @@ def write_study(tmp_path: Path, **changes) -> Path:
     return path
 
 
-def test_default_study_is_valid_and_expands_the_papers_grid():
+def test_default_study_is_valid_and_expands_the_papers_grid(tmp_path):
     study = load_study(REPO / "params" / "default.yaml")
     assert study.protocol == "elliot"
-    assert len(study.grid("BPRMF")) == 10  # 5 learning rates x 2 regularisation weights
+    assert study.seed_list() == [123, 124]
+    # the miniature: two learning rates at the paper's smaller weight ...
+    assert study.grid("BPRMF") == [{"lr": 0.0005, "l_w": 1.0e-5, "factors": 64},
+                                   {"lr": 0.001, "l_w": 1.0e-5, "factors": 64}]
     assert study.grid("MostPop") == [{}]
     assert study.settings_for("MostPop") == [None]
-    assert study.settings_for("VBPR") == ["histogram+tfidf", "histogram+minilm"]
+    assert study.settings_for("VBPR") == study.settings_for("FREEDOM") == ["histogram+tfidf", "histogram+minilm"]
+    assert [u.key for u in study.extraction_units()] == ["histogram+tfidf", "histogram+minilm",
+                                                         "histogram+minilm-bs256"]
     assert study.train_spec().epochs == 200 and study.train_spec().graded_ndcg
+    # ... and without its overrides, the paper's grid: 5 learning rates x 2 regularisation weights
+    full = load_study(write_study(tmp_path, models={"BPRMF": {}, "FREEDOM": {}}))
+    assert len(full.grid("BPRMF")) == len(full.grid("FREEDOM")) == 10
 
 
 def test_unknown_top_level_key(tmp_path):

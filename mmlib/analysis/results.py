@@ -51,9 +51,10 @@ def default_metrics(study: StudySpec, available) -> list[str]:
 class Analysis:
     """Everything the tables, figures and claims of a study are computed from.
 
-    `reference_setting`: the setting each setting is tested against (default: the first training
-    setting); `reference_model`: the model every model is tested against (default: the best
-    classical model by mean test value of the primary metric over datasets); `metrics`: the
+    `reference_setting`: the setting each setting is tested against (default: the study's
+    `reference_setting`, else its first training setting); `reference_model`: the model every model
+    is tested against (default: the study's `reference_model`, else the best classical model by mean
+    test value of the primary metric over datasets); `metrics`: the
     metrics of the results tables (default: `default_metrics`); `alpha`: the significance level;
     `n_resamples`: bootstrap resamples of each interval.
     """
@@ -73,6 +74,8 @@ class Analysis:
         self.multimodal = [m for m in study.models if not is_classical(m)]
         self.classical = [m for m in study.models if is_classical(m)]
         self.settings = study.training_settings() if self.multimodal else []
+        reference_setting = reference_setting or study.reference_setting
+        reference_model = reference_model or study.reference_model
         if reference_setting is not None and reference_setting not in self.settings:
             raise MmlibError(f"reference setting {reference_setting!r} is not one the study's multimodal "
                              f"models train on ({', '.join(self.settings) or 'none'}).")

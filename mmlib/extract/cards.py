@@ -35,12 +35,15 @@ MODALITIES = ("visual", "textual")
 class ExtractorCard:
     """What is known about an extractor without building it: its registered name (the
     `extractor:` of a spec, `mmlib list extractors`), the module that defines its class, the
-    modalities it produces and its options dataclass."""
+    modalities it produces and its options dataclass; `network`: whether it runs a neural network
+    (as all the paper's extractors do), whose batched forward pass the paper's batch-size study is
+    about."""
 
     name: str
     module: str
     modalities: tuple[str, ...]
     Options: type
+    network: bool = True
 
     def __post_init__(self):
         where = f"Extractor card {self.name!r}"
@@ -235,8 +238,9 @@ class ResNet50Options(VisionBackboneOptions):
 
 _VISUAL, _TEXTUAL, _BOTH = ("visual",), ("textual",), ("visual", "textual")
 _CATALOG: Catalog[ExtractorCard] = Catalog("extractor", "`mmlib list extractors`", (
-    ExtractorCard("color_histogram", "mmlib.extract.color_histogram", _VISUAL, ColorHistogramOptions),
-    ExtractorCard("tfidf_svd", "mmlib.extract.tfidf", _TEXTUAL, TfidfSvdOptions),
+    ExtractorCard("color_histogram", "mmlib.extract.color_histogram", _VISUAL, ColorHistogramOptions,
+                  network=False),
+    ExtractorCard("tfidf_svd", "mmlib.extract.tfidf", _TEXTUAL, TfidfSvdOptions, network=False),
     ExtractorCard("sentence_transformers", "mmlib.extract.sbert", _TEXTUAL, SentenceTransformersOptions),
     ExtractorCard("clip_like", "mmlib.extract.clip_like", _BOTH, ClipLikeOptions),
     ExtractorCard("clip", "mmlib.extract.clip_like", _BOTH, ClipOptions),
