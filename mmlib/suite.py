@@ -1,7 +1,12 @@
 """A suite: one YAML file naming several studies (one per experiment, each with its own protocol),
 the published numbers to set beside them, and where the report goes:
 
-    suite: {mmrec_baby: reproduction/mmrec_baby.yaml, lastfm: reproduction/lastfm.yaml}
+    suite:
+      mmrec_baby: reproduction/mmrec_baby.yaml
+      lastfm: reproduction/lastfm.yaml
+      # an experiment that explains another's gap to a published number: every grid point of it
+      # is set beside that experiment's published numbers (the report's "explained" tables)
+      bpr_reg: {study: reproduction/bpr_reg.yaml, explains: mmrec_baby}
     published: published.yaml        # relative to the suite file
     outputs: ../outputs              # the report's folder: <outputs>/reproduction.{md,csv}
 
@@ -13,7 +18,7 @@ experiments, the other `--only` keys go to each study), then writes the report
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmlib.config import load_yaml
@@ -27,6 +32,7 @@ class Suite:
     studies: dict[str, Path]  # experiment -> study file
     published: Path | None
     outputs: Path
+    explains: dict[str, str] = field(default_factory=dict)  # explaining experiment -> the explained one
 
     def load(self, name: str) -> StudySpec:
         return load_study(self.studies[name])
@@ -50,12 +56,25 @@ def load_suite(path: Path | str) -> Suite:
     if unknown:
         raise MmlibError(f"{path}: unknown keys {sorted(unknown)} (a suite has suite, published, outputs).")
     base = path.resolve().parent
-    studies = {}
-    for name, file in raw["suite"].items():
-        study_path = base / str(file)
+    studies, explains = {}, {}
+    for name, entry in raw["suite"].items():
+        at = f"{path}: suite.{name}"
+        if isinstance(entry, dict):
+            unknown = set(entry) - {"study", "explains"}
+            if "study" not in entry or unknown:
+                raise MmlibError(f"{at}: expected a study file, or {{study: <file>, explains: "
+                                 f"<experiment>}}; got keys {sorted(entry)}.")
+            if entry.get("explains") is not None:
+                explains[str(name)] = str(entry["explains"])
+            entry = entry["study"]
+        study_path = base / str(entry)
         if not study_path.is_file():
-            raise MmlibError(f"{path}: suite.{name}: {study_path} does not exist.")
+            raise MmlibError(f"{at}: {study_path} does not exist.")
         studies[str(name)] = study_path
+    for name, target in explains.items():
+        if target not in studies or target == name:
+            raise MmlibError(f"{path}: suite.{name}.explains: {target!r} is not another experiment of "
+                             f"the suite ({', '.join(n for n in studies if n != name)}).")
     published = base / raw["published"] if raw.get("published") else None
     if published is not None and not published.is_file():
         raise MmlibError(f"{path}: published: {published} does not exist.")
@@ -64,7 +83,7 @@ def load_suite(path: Path | str) -> Suite:
         outputs = Path(os.environ["MMLIB_OUTPUTS"])
     elif not outputs.is_absolute():
         outputs = (base / outputs).resolve()
-    return Suite(path, studies, published, outputs)
+    return Suite(path, studies, published, outputs, explains)
 
 
 def split_only(suite: Suite, only: list[str] | None) -> tuple[list[str], list[str] | None]:

@@ -11,6 +11,7 @@ import yaml
 
 from mmlib import cli, pipeline
 from mmlib.analysis.reproduction import write_report
+from mmlib.errors import MmlibError
 from mmlib.study import load_study
 from mmlib.suite import load_suite
 from mmlib.testing.builders import synthetic_shop
@@ -34,7 +35,10 @@ def write_suite(folder: Path) -> Path:
                   "extractors": {"hist": {"visual": {"extractor": "color_histogram", "bins": 2}}},
                   "train": TRAIN, "models": {"BPRMF": {"lr": 0.05, "l_w": 1.0e-5},
                                              "VBPR": {"lr": 0.05, "l_w": 1.0e-5}}}
-    for study in (classical, multimodal):
+    # explains classic's BPRMF gap: the same data under its own output root, a wider learning rate
+    sweep = {**classical, "name": "sweep", "outputs": "../out/sweep",
+             "models": {"BPRMF": {"lr": [0.05, 0.01, 0.002], "l_w": 1.0e-5}}}
+    for study in (classical, multimodal, sweep):
         (folder / "studies" / f"{study['name']}.yaml").write_text(yaml.safe_dump(study))
     published = {"sources": {"paper": "A paper, Table 2"}, "numbers": [
         {"experiment": "classic", "dataset": "shopA", "model": "BPRMF", "setting": None,
@@ -44,7 +48,8 @@ def write_suite(folder: Path) -> Path:
         {"experiment": None, "dataset": "elsewhere", "model": "FREEDOM", "setting": "clip",
          "protocol": "elliot", "metric": "Recall@20", "value": 0.09, "source": "paper"}]}
     (folder / "published.yaml").write_text(yaml.safe_dump(published))
-    suite = {"suite": {"classic": "studies/classic.yaml", "mm": "studies/mm.yaml"},
+    suite = {"suite": {"classic": "studies/classic.yaml", "mm": "studies/mm.yaml",
+                       "sweep": {"study": "studies/sweep.yaml", "explains": "classic"}},
              "published": "published.yaml", "outputs": "report"}
     (folder / "suite.yaml").write_text(yaml.safe_dump(suite))
     return folder / "suite.yaml"
@@ -63,7 +68,8 @@ def train_all(study_path: Path) -> None:
 
 def test_the_suite_parses_and_dry_run_plans_each_experiment(capsys):
     suite = load_suite(SUITE)
-    assert list(suite.studies) == ["mmrec_baby", "released_splits", "lastfm", "movielens"]
+    assert list(suite.studies) == ["mmrec_baby", "released_splits", "lastfm", "movielens", "itemknn_neighbours"]
+    assert suite.explains == {"itemknn_neighbours": "released_splits"}
     assert cli.main(["batch", str(SUITE), "--dry-run"]) == 0
     out = capsys.readouterr().out
     for name in suite.studies:
@@ -97,7 +103,8 @@ def test_the_report_sets_ours_beside_published_and_marks_what_has_not_run(tmp_pa
     assert classic[classic["model"] == "MostPop"]["published"].isna().all()  # nothing published
     train_all(suite.studies["mm"])
     table = write_report(suite)
-    assert table["ours"].notna().all() and table["run"].astype(bool).all()
+    done = table[table["experiment"] != "sweep"]  # the explaining experiment: its own test below
+    assert done["ours"].notna().all() and done["run"].astype(bool).all()
     vbpr = table[(table["model"] == "VBPR") & (table["metric"] == "nDCG@20")].iloc[0]
     assert vbpr["published"] == 0.05 and vbpr["setting"] == "hist"
     md = (tmp_path / "report" / "reproduction.md").read_text()
@@ -105,6 +112,40 @@ def test_the_report_sets_ours_beside_published_and_marks_what_has_not_run(tmp_pa
     assert "VBPR (hist) vs BPRMF" in md  # classical vs multimodal, paired per user
     sig = pd.read_csv(tmp_path / "report" / "reproduction_significance.csv")
     assert set(sig["metric"]) == {"Recall@20", "nDCG@20"} and (sig["label"] == "VBPR (hist)").all()
+
+
+def test_an_explaining_experiment_sets_every_grid_point_beside_the_explained_numbers(tmp_path):
+    suite = load_suite(write_suite(tmp_path))
+    train_all(suite.studies["sweep"])
+    table = write_report(suite)
+    # its selection is compared with the published number of the experiment it explains
+    row = table[(table["experiment"] == "sweep") & (table["metric"] == "Recall@20")].iloc[0]
+    assert row["published"] == 0.1
+    explained = pd.read_csv(tmp_path / "report" / "reproduction_explained.csv")
+    assert list(explained["config"]) == ["lr=0.05", "lr=0.01", "lr=0.002"]  # one row per grid point
+    assert set(explained["metric"]) == {"Recall@20"} and (explained["published"] == 0.1).all()
+    study = load_study(suite.studies["sweep"])
+    for _, r in explained.iterrows():  # each number is its run's test value
+        folder = pipeline.selection_dir(study, "BPRMF", None, "shopA", r["seed"]).parent / r["run"]
+        ours = pipeline.read_run(folder)["test"]["Recall@20"]
+        assert r["ours"] == pytest.approx(ours) and r["rel_diff"] == pytest.approx((ours - 0.1) / 0.1)
+        assert r["within"] == (abs(ours - 0.1) <= 0.005)
+    md = (tmp_path / "report" / "reproduction.md").read_text()
+    assert "## sweep (explains `classic`)" in md and "| lr=0.002 |" in md
+    assert ("Within 5% of every published metric at" in md) == bool(explained["within"].any())
+
+
+def test_explains_must_name_another_experiment(tmp_path):
+    path = write_suite(tmp_path)
+    raw = yaml.safe_load(path.read_text())
+    raw["suite"]["sweep"]["explains"] = "nope"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(MmlibError, match=r"suite.sweep.explains: 'nope' is not another experiment"):
+        load_suite(path)
+    raw["suite"]["sweep"] = {"file": "studies/sweep.yaml"}
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(MmlibError, match=r"suite.sweep: expected a study file, or \{study"):
+        load_suite(path)
 
 
 @pytest.mark.skipif(not DATA.is_dir(), reason=f"no shared data at {DATA} (set MMLIB_DATA)")

@@ -4,9 +4,13 @@ names one), with the relative difference, the selected run that produced each nu
 where they differ by more than 5 %; for an experiment with classical and multimodal models, each
 multimodal model against the best classical one (chosen on validation), paired per user.
 
+An experiment that `explains` another (a suite option) is there to account for a gap: every one of
+its grid points is set beside the explained experiment's published numbers, so the report shows
+where in the swept range the published figure lies (reproduction_explained.csv).
+
 Works on partial results: an experiment or selection not finished yet gives rows with `ours` empty
-and the note "not run". Writes <suite outputs>/reproduction.csv, reproduction.md and
-reproduction_significance.csv.
+and the note "not run". Writes <suite outputs>/reproduction.csv, reproduction.md,
+reproduction_significance.csv and reproduction_explained.csv.
 """
 
 from __future__ import annotations
@@ -61,12 +65,15 @@ def _rel(ours, published):
     return (ours - published) / published
 
 
-def experiment_rows(name: str, study, pub: pd.DataFrame) -> tuple[list[dict], dict]:
-    """Rows of one experiment, and its collected artifacts (None if nothing could be read)."""
+def experiment_rows(name: str, study, pub: pd.DataFrame, published_as: str | None = None
+                    ) -> tuple[list[dict], dict]:
+    """Rows of one experiment, and its collected artifacts (None if nothing could be read);
+    `published_as`: the experiment whose published numbers apply (an explaining experiment's)."""
     from mmlib.analysis.collect import collect, expected_selections
     from mmlib.pipeline import read_selection, selection_dir
 
     collected = collect(study)
+    label = published_as or name
     runs = collected.runs.set_index(["dataset", "setting", "model", "seed"]) if len(collected.runs) else None
     rows = []
     for key in expected_selections(study):
@@ -80,11 +87,11 @@ def experiment_rows(name: str, study, pub: pd.DataFrame) -> tuple[list[dict], di
             run = summary.get("selected", {}).get("run", "")
             run_dir = str((folder.parent / run if run else folder).resolve())
             test = summary.get("test", {})
-        published_here = pub[(pub["experiment"] == name) & (pub["dataset"] == dataset) & (pub["model"] == model)]
+        published_here = pub[(pub["experiment"] == label) & (pub["dataset"] == dataset) & (pub["model"] == model)]
         metrics = list(dict.fromkeys([m for m in METRICS if not found or m in test]
                                      + list(published_here["metric"])))
         for metric in metrics:
-            match = _matches(pub, name, dataset, setting, model, metric)
+            match = _matches(pub, label, dataset, setting, model, metric)
             published = float(match["value"].iloc[0]) if len(match) else None
             ours = float(test[metric]) if metric in test else None
             rel = _rel(ours, published)
@@ -103,13 +110,49 @@ def experiment_rows(name: str, study, pub: pd.DataFrame) -> tuple[list[dict], di
                          "run": run, "run_dir": run_dir, "note": "; ".join(notes)})
     # published numbers of this experiment that its plan has no selection for
     planned = {(d, m) for d, _, m, _ in expected_selections(study)}
-    for _, entry in pub[pub["experiment"] == name].iterrows():
+    for _, entry in pub[pub["experiment"] == name].iterrows() if published_as is None else ():
         if (entry["dataset"], entry["model"]) not in planned:
             rows.append({"experiment": name, "dataset": entry["dataset"], "setting": _text(entry["setting"]),
                          "model": entry["model"], "seed": None, "metric": entry["metric"], "ours": None,
                          "published": entry["value"], "rel_diff": None, "source": entry["source"],
                          "run": "", "run_dir": "", "note": "not in the experiment's plan"})
     return rows, collected
+
+
+EXPLAINED_COLUMNS = ["experiment", "explains", "dataset", "setting", "model", "seed", "point", "config",
+                     "metric", "ours", "published", "rel_diff", "within", "run"]
+
+
+def explained_rows(name: str, explains: str, collected, pub: pd.DataFrame) -> pd.DataFrame:
+    """Every finished grid point of an explaining experiment against the published numbers of the
+    experiment it explains (same dataset, model and metric, and setting where one is named):
+    one row per grid point x metric; `within`: |rel. diff| <= 5 %; `config`: the hyper-parameters
+    the grid varies."""
+    from mmlib.pipeline import read_run, selection_dir
+
+    rows = []
+    for (dataset, setting, model, seed), trials in collected.trials.items():
+        published = pub[(pub["experiment"] == explains) & (pub["dataset"] == dataset) & (pub["model"] == model)
+                        & (pub["setting"].isna() | (pub["setting"] == setting))]
+        if published.empty or "run" not in trials:
+            continue
+        folder = selection_dir(collected.study, model, None if setting == NO_FEATURES else setting, dataset, seed)
+        records = [r for r in (read_run(folder.parent / str(run)) for run in trials["run"]) if r]
+        configs = pd.DataFrame([r.get("config", {}) for r in records])
+        varied = [c for c in configs.columns if configs[c].astype(str).nunique() > 1]
+        for record in records:
+            config = record.get("config", {})
+            label = ", ".join(f"{c}={config.get(c)}" for c in varied) or "-"
+            for _, entry in published.iterrows():
+                ours = record.get("test", {}).get(entry["metric"])
+                rel = _rel(ours, entry["value"])
+                rows.append({"experiment": name, "explains": explains, "dataset": dataset, "setting": setting,
+                             "model": model, "seed": seed, "point": record.get("point"), "config": label,
+                             "metric": entry["metric"], "ours": ours, "published": entry["value"],
+                             "rel_diff": rel, "within": rel is not None and abs(rel) <= TOLERANCE,
+                             "run": record.get("id", "")})
+    return pd.DataFrame(rows, columns=EXPLAINED_COLUMNS).sort_values(
+        ["dataset", "setting", "model", "seed", "point"], kind="stable", ignore_index=True)
 
 
 def significance(name: str, collected) -> pd.DataFrame:
@@ -160,11 +203,12 @@ def write_report(suite) -> pd.DataFrame:
 
     suite = suite if isinstance(suite, Suite) else load_suite(suite)
     pub = load_published(suite.published)
-    rows, tests, errors = [], [], []
+    rows, tests, sweeps, errors = [], [], [], []
     for name in suite.studies:
+        explains = suite.explains.get(name)
         try:
             study = suite.load(name)
-            part, collected = experiment_rows(name, study, pub)
+            part, collected = experiment_rows(name, study, pub, published_as=explains)
         except MmlibError as exc:  # an experiment that cannot be read does not hide the others
             log.warning("experiment %s: %s", name, exc)
             errors.append(f"{name}: {exc}")
@@ -173,6 +217,8 @@ def write_report(suite) -> pd.DataFrame:
         sig = significance(name, collected)
         if len(sig):
             tests.append(sig)
+        if explains:
+            sweeps.append(explained_rows(name, explains, collected, pub))
     table = pd.DataFrame(rows, columns=COLUMNS)
     out = suite.outputs
     out.mkdir(parents=True, exist_ok=True)
@@ -180,11 +226,41 @@ def write_report(suite) -> pd.DataFrame:
     sig = pd.concat(tests, ignore_index=True) if tests else pd.DataFrame()
     if len(sig):
         to_csv_atomic(sig, out / "reproduction_significance.csv")
-    write_text_atomic(out / "reproduction.md", _markdown(suite, table, sig, pub, errors))
+    explained = pd.concat(sweeps, ignore_index=True) if sweeps else pd.DataFrame(columns=EXPLAINED_COLUMNS)
+    if suite.explains:
+        to_csv_atomic(explained, out / "reproduction_explained.csv")
+    write_text_atomic(out / "reproduction.md", _markdown(suite, table, sig, pub, errors, explained))
     return table
 
 
-def _markdown(suite, table: pd.DataFrame, sig: pd.DataFrame, pub: pd.DataFrame, errors: list[str]) -> str:
+def _explained_markdown(name: str, explains: str, sweep: pd.DataFrame) -> list[str]:
+    """One table per dataset x model x seed: each grid point's metrics against the published ones."""
+    lines = [f"Every grid point of this experiment against the published numbers of `{explains}` "
+             f"(rel. diff in brackets; ✓ = every published metric within {TOLERANCE:.0%}):", ""]
+    if sweep.empty:
+        return lines + ["(no grid point finished yet)", ""]
+    for (dataset, setting, model, seed), part in sweep.groupby(["dataset", "setting", "model", "seed"], sort=False):
+        metrics = list(dict.fromkeys(part["metric"]))
+        lines += [f"{dataset} / {setting} / {model}, seed {seed}:", "",
+                  "| config | " + " | ".join(f"{m} (published {_fmt(part.loc[part['metric'] == m, 'published'].iloc[0])})"
+                                            for m in metrics) + " | within |",
+                  "|---|" + "---|" * len(metrics) + "---|"]
+        matching = []
+        for (point, config), rows in part.groupby(["point", "config"], sort=False):
+            by_metric = rows.set_index("metric")
+            cells = [f"{_fmt(by_metric.loc[m, 'ours'])} ({by_metric.loc[m, 'rel_diff']:+.1%})"
+                     if m in by_metric.index and by_metric.loc[m, "rel_diff"] is not None
+                     and not pd.isna(by_metric.loc[m, "rel_diff"]) else "" for m in metrics]
+            within = bool(rows["within"].all()) and len(rows) == len(metrics)
+            matching += [config] if within else []
+            lines.append(f"| {config} | " + " | ".join(cells) + f" | {'✓' if within else ''} |")
+        lines += ["", (f"Within {TOLERANCE:.0%} of every published metric at: {'; '.join(matching)}."
+                       if matching else f"No grid point is within {TOLERANCE:.0%} of every published metric."), ""]
+    return lines
+
+
+def _markdown(suite, table: pd.DataFrame, sig: pd.DataFrame, pub: pd.DataFrame, errors: list[str],
+              explained: pd.DataFrame) -> str:
     lines = ["# Reproduction report", "",
              (f"Suite `{suite.source_file}`; published numbers from `{suite.published}`. `ours`: the test "
               "value of the configuration selected on validation; `rel. diff` = (ours − published) / "
@@ -194,7 +270,8 @@ def _markdown(suite, table: pd.DataFrame, sig: pd.DataFrame, pub: pd.DataFrame, 
     lines += [f"{done} of {len(table)} numbers computed.", ""]
     for name in suite.studies:
         part = table[table["experiment"] == name]
-        lines += [f"## {name}", ""]
+        explains = suite.explains.get(name)
+        lines += [f"## {name}" + (f" (explains `{explains}`)" if explains else ""), ""]
         if part.empty:
             lines += ["(could not be read: see the errors below)", ""]
             continue
@@ -216,6 +293,8 @@ def _markdown(suite, table: pd.DataFrame, sig: pd.DataFrame, pub: pd.DataFrame, 
                 lines.append(f"- {dataset} (seed {seed}): {label} vs {group['reference'].iloc[0]}: "
                              + "; ".join(parts))
             lines.append("")
+        if explains:
+            lines += _explained_markdown(name, explains, explained[explained["experiment"] == name])
     others = pub[pub["experiment"].isna() | ~pub["experiment"].isin(list(suite.studies))]
     if len(others):
         lines += ["## Published, not reproduced here", "",
