@@ -34,7 +34,8 @@ def datasets(an: Analysis) -> str:
     if d.empty:
         return "No dataset is prepared yet."
     dense, sparse = d.loc[d["sparsity"].idxmin()], d.loc[d["sparsity"].idxmax()]
-    text = (f"Sparsity ranges from {100 * dense['sparsity']:.2f} % ({dense['dataset']}) to "
+    text = (f"Sparsity is {100 * dense['sparsity']:.2f} % ({dense['dataset']})." if len(d) == 1 else
+            f"Sparsity ranges from {100 * dense['sparsity']:.2f} % ({dense['dataset']}) to "
             f"{100 * sparse['sparsity']:.2f} % ({sparse['dataset']}).")
     low = d[(d["text coverage"] < 1) | (d["image coverage"] < 1)]
     text += (" Every item has a text and an image." if low.empty else
