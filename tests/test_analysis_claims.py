@@ -179,3 +179,24 @@ def test_a_study_with_nothing_finished_writes_every_file_and_lists_what_is_missi
     assert "- dataset shop: not prepared" in text and "- extraction mall / hist: not extracted yet" in text
     assert "not testable" in text
     assert "_nothing finished yet_" in (root / "tables" / "results_shop.md").read_text()
+
+
+def test_a_selection_at_the_end_of_a_searched_range_is_flagged():
+    from mmlib.analysis.results import grid_edge, numeric_axes
+
+    grid = [{"k": k, "shrink": 0.0, "lr": lr, "flag": True} for k in (10, 50, 100) for lr in (0.1, 0.01)]
+    axes = numeric_axes(grid)
+    assert axes == {"k": [10, 50, 100]}  # two learning rates, one shrink and a bool are no range
+    assert grid_edge(axes, {"k": 100, "lr": 0.1}) == "k=100 (largest searched)"
+    assert grid_edge(axes, {"k": 10}) == "k=10 (smallest searched)"
+    assert grid_edge(axes, {"k": 50, "lr": 0.01}) == ""
+
+
+def test_the_hyperparameter_table_names_grid_edges(an):
+    runs = an.data.runs  # BPRMF searches the paper's 5 learning rates, 1e-4 ... 1e-2
+    bprmf = runs["model"] == "BPRMF"
+    runs.loc[bprmf, "config"] = ['{"l_w": 1e-05, "lr": 0.01}', '{"l_w": 1e-05, "lr": 0.001}'] * (bprmf.sum() // 2)
+    table = an.hyperparameters()
+    flagged = table.loc[table["model"] == "BPRMF", "grid_edge"]
+    assert list(flagged[:2]) == ["lr=0.01 (largest searched)", ""]
+    assert (table.loc[table["model"] != "BPRMF", "grid_edge"] == "").all()

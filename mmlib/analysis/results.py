@@ -19,6 +19,7 @@ test value of the primary metric (the validation metric, Recall@20) averaged ove
 
 from __future__ import annotations
 
+import json
 import logging
 from functools import cached_property
 
@@ -255,12 +256,18 @@ class Analysis:
     def hyperparameters(self) -> pd.DataFrame:
         """The selected configuration of every reported (dataset, setting, model, seed): the values
         of the hyper-parameters its grid varied, the full configuration, the selected epoch, the
-        validation score and the number of configurations trained for it."""
+        validation score, the number of configurations trained for it, and `grid_edge`: the
+        numeric hyper-parameters (searched over 3 or more values) whose selected value is the
+        smallest or largest searched, where the best may lie outside the grid."""
         runs = self.runs
         val = f"val {self.primary}"
         columns = ["dataset", "model", "setting", "seed", "selected", "best_epoch", val, "grid_size", "config"]
         frame = pd.DataFrame(columns=columns) if runs.empty else runs[[c for c in columns if c in runs.columns]]
-        return frame.rename(columns={"grid_size": "configurations"})
+        frame = frame.rename(columns={"grid_size": "configurations"})
+        axes = {model: numeric_axes(self.study.grid(model)) for model in frame["model"].unique()}
+        frame["grid_edge"] = [grid_edge(axes[model], json.loads(config) if isinstance(config, str) else {})
+                              for model, config in zip(frame["model"], frame["config"])]
+        return frame
 
     @property
     def configurations_trained(self) -> int:
@@ -307,3 +314,21 @@ def _rank_summary(frame: pd.DataFrame, label: str) -> pd.DataFrame:
     grouped = frame.groupby(label)["rank"]
     out = pd.DataFrame({"mean_rank": grouped.mean(), "std_rank": grouped.std(ddof=1), "rankings": grouped.count()})
     return out.rename_axis("label").reset_index().sort_values("mean_rank").reset_index(drop=True)
+
+
+def numeric_axes(grid: list[dict]) -> dict[str, list[float]]:
+    """The hyper-parameters a grid searches over 3 or more numeric values, with those values sorted."""
+    axes = {}
+    for key in {k for point in grid for k in point}:
+        values = {point[key] for point in grid if isinstance(point.get(key), (int, float))
+                  and not isinstance(point.get(key), bool)}
+        if len(values) >= 3:
+            axes[key] = sorted(values)
+    return axes
+
+
+def grid_edge(axes: dict[str, list[float]], config: dict) -> str:
+    """"k=100 (largest searched)" for each axis whose selected value is one of its two ends."""
+    edges = [f"{key}={config[key]} ({'smallest' if config[key] == values[0] else 'largest'} searched)"
+             for key, values in sorted(axes.items()) if config.get(key) in (values[0], values[-1])]
+    return "; ".join(edges)

@@ -290,11 +290,15 @@ def hyperparameters(an: Analysis) -> Table:
     display = pd.DataFrame({
         "dataset": data["dataset"], "model": data["model"], "setting": data["setting"],
         "seed": data["seed"].map(fmt), "selected": data["selected"], "epoch": data["best_epoch"].map(fmt),
-        val: data[val].map(fmt) if val in data else [], "configurations": data["configurations"].map(fmt)})
+        val: data[val].map(fmt) if val in data else [], "configurations": data["configurations"].map(fmt),
+        "grid edge": data["grid_edge"]})
     caption = (f"The configuration selected on validation {an.primary} for every reported cell: the "
                "values of the hyper-parameters its grid varied ('-': a one-point grid), the selected "
                f"epoch, its validation score and the configurations trained for it; "
-               f"{fmt(an.configurations_trained)} configurations trained in all. CSV: the full configuration.")
+               f"{fmt(an.configurations_trained)} configurations trained in all. Grid edge: a "
+               "hyper-parameter searched over 3 or more values whose selected value is the smallest or "
+               "largest of them; the best may lie outside the grid, so widen it there. "
+               "CSV: the full configuration.")
     return _simple("hyperparameters", "Selected hyper-parameters", caption,
                    "no table in the paper (its grids: config_templates.py)", data, display)
 
