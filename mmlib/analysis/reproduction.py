@@ -235,8 +235,8 @@ def write_report(suite) -> pd.DataFrame:
 
 def _explained_markdown(name: str, explains: str, sweep: pd.DataFrame) -> list[str]:
     """One table per dataset x model x seed: each grid point's metrics against the published ones."""
-    lines = [f"Every grid point of this experiment against the published numbers of `{explains}` "
-             f"(rel. diff in brackets; ✓ = every published metric within {TOLERANCE:.0%}):", ""]
+    lines = [(f"Every grid point of this experiment against the published numbers of `{explains}` "
+              f"(rel. diff in brackets; ✓ = every published metric within {TOLERANCE:.0%}):"), ""]
     if sweep.empty:
         return lines + ["(no grid point finished yet)", ""]
     for (dataset, setting, model, seed), part in sweep.groupby(["dataset", "setting", "model", "seed"], sort=False):
