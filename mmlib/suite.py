@@ -6,7 +6,7 @@ the published numbers to set beside them, and where the report goes:
       lastfm: reproduction/lastfm.yaml
       # an experiment that explains another's gap to a published number: every grid point of it
       # is set beside that experiment's published numbers (the report's "explained" tables)
-      bpr_reg: {study: reproduction/bpr_reg.yaml, explains: mmrec_baby}
+      itemknn_neighbours: {study: reproduction/itemknn_neighbours.yaml, explains: released_splits}
     published: published.yaml        # relative to the suite file
     outputs: ../outputs              # the report's folder: <outputs>/reproduction.{md,csv}
 
