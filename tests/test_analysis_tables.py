@@ -17,14 +17,14 @@ from urllib.parse import unquote
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from scipy import stats as sps
 
 from mmlib import pipeline, report
 from mmlib.analysis import stats
 from mmlib.analysis.outputs import write_all
 from mmlib.study import NO_FEATURES, load_study
-from mmlib.testing.builders import synthetic_shop
+from mmlib.testing.builders import TINY_SETTINGS, synthetic_shop, tiny_study
+from mmlib.testing.builders import write_study as write_tiny_study
 
 REPO = Path(__file__).resolve().parent.parent
 DATASETS = ("shopA", "shopB")
@@ -39,19 +39,9 @@ def shop(seed: int, users: int) -> dict:
 
 
 def write_study(folder: Path, outputs: Path, **changes) -> Path:
-    study = {"name": "tiny", "outputs": str(outputs),
-             "datasets": {"shopA": shop(1, 120), "shopB": shop(2, 100)},
-             "extractors": {"hist": {"visual": {"extractor": "color_histogram", "bins": 2},
-                                     "textual": {"extractor": "tfidf_svd", "dim": 8}, "batch_sizes": [8, 32]},
-                            "tfidf": {"textual": {"extractor": "tfidf_svd", "dim": 4}}},
-             "train": {"threads": 1, "epochs": 4, "eval_every": 2}, "seeds": [1, 2],
-             "models": {"MostPop": {}, "BPRMF": {"lr": [0.01, 0.05], "l_w": 1.0e-5},
-                        "VBPR": {"lr": 0.01, "l_w": 1.0e-5}}}
-    study.update(changes)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "study.yaml"
-    path.write_text(yaml.safe_dump(study, sort_keys=False))
-    return path
+    hist = {**TINY_SETTINGS["hist"], "batch_sizes": [8, 32]}  # timed at two batch sizes
+    study = tiny_study(outputs, extractors={**TINY_SETTINGS, "hist": hist}, seeds=[1, 2])
+    return write_tiny_study(folder, {**study, **changes})
 
 
 @pytest.fixture(scope="module")

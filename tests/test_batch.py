@@ -12,18 +12,16 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 
 from mmlib import cli, pipeline
 from mmlib.batch import run_batch
 from mmlib.errors import MmlibError
 from mmlib.study import load_study
-from mmlib.testing.builders import synthetic_shop
+from mmlib.testing.builders import TINY_SETTINGS, synthetic_shop, tiny_study
+from mmlib.testing.builders import write_study as write_tiny_study
 
 REPO = Path(__file__).resolve().parent.parent
-SETTINGS = {"hist": {"visual": {"extractor": "color_histogram", "bins": 2},
-                     "textual": {"extractor": "tfidf_svd", "dim": 8}},
-            "tfidf": {"textual": {"extractor": "tfidf_svd", "dim": 4}}}
+SETTINGS = TINY_SETTINGS
 
 
 def shop(seed: int, users: int = 120) -> dict:
@@ -31,16 +29,7 @@ def shop(seed: int, users: int = 120) -> dict:
 
 
 def write_study(folder: Path, **changes) -> Path:
-    study = {"name": "tiny", "outputs": str(folder / "outputs"),
-             "datasets": {"shopA": shop(1), "shopB": shop(2, 100)},
-             "extractors": SETTINGS, "train": {"threads": 1, "epochs": 4, "eval_every": 2},
-             "models": {"MostPop": {}, "BPRMF": {"lr": [0.01, 0.05], "l_w": 1.0e-5},
-                        "VBPR": {"lr": 0.01, "l_w": 1.0e-5}}}
-    study.update(changes)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "study.yaml"
-    path.write_text(yaml.safe_dump(study, sort_keys=False))
-    return path
+    return write_tiny_study(folder, tiny_study(folder / "outputs", **changes))
 
 
 def selections(path: Path) -> dict:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
+import yaml
 
 # -- recommenders ----------------------------------------------------------------------------------
 
@@ -142,3 +143,28 @@ def synthetic_shop(seed: int, users: int) -> dict:
     many items, 12 interactions per user."""
     return {"source": "synthetic", "options": {"n_users": users, "n_items": users // 2,
                                                "n_interactions": users * 12, "seed": seed}}
+
+
+TINY_SETTINGS = {"hist": {"visual": {"extractor": "color_histogram", "bins": 2},
+                          "textual": {"extractor": "tfidf_svd", "dim": 8}},
+                 "tfidf": {"textual": {"extractor": "tfidf_svd", "dim": 4}}}
+
+
+def tiny_study(outputs: Path | str, **changes) -> dict:
+    """A tiny two-dataset study as a study file holds it: shopA (120 users) and shopB (100), the
+    settings `TINY_SETTINGS`, MostPop, BPRMF on two learning rates and VBPR, 4 epochs on one
+    thread; `changes` replace top-level keys."""
+    study = {"name": "tiny", "outputs": str(outputs),
+             "datasets": {"shopA": synthetic_shop(1, 120), "shopB": synthetic_shop(2, 100)},
+             "extractors": TINY_SETTINGS, "train": {"threads": 1, "epochs": 4, "eval_every": 2},
+             "models": {"MostPop": {}, "BPRMF": {"lr": [0.01, 0.05], "l_w": 1.0e-5},
+                        "VBPR": {"lr": 0.01, "l_w": 1.0e-5}}}
+    return {**study, **changes}
+
+
+def write_study(folder: Path, study: dict) -> Path:
+    """`study` written as <folder>/study.yaml (the folder is created); returns the path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "study.yaml"
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    return path
