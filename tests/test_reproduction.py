@@ -68,8 +68,9 @@ def train_all(study_path: Path) -> None:
 
 def test_the_suite_parses_and_dry_run_plans_each_experiment(capsys):
     suite = load_suite(SUITE)
-    assert list(suite.studies) == ["mmrec_baby", "released_splits", "lastfm", "movielens", "itemknn_neighbours"]
-    assert suite.explains == {"itemknn_neighbours": "released_splits"}
+    assert list(suite.studies) == ["mmrec_baby", "released_splits", "lastfm", "movielens", "itemknn_neighbours",
+                                   "mmrec_regulariser"]
+    assert suite.explains == {"itemknn_neighbours": "released_splits", "mmrec_regulariser": "mmrec_baby"}
     assert cli.main(["batch", str(SUITE), "--dry-run"]) == 0
     out = capsys.readouterr().out
     for name in suite.studies:

@@ -2,8 +2,7 @@
 every registered model on the real interactions of Amazon Baby (MMRec's split: 19,445 users,
 7,050 items), plus the blockwise kNN item graph at 7k / 30k / 100k items.
 
-    mmlib bench training [--models BPRMF LightGCN ...] [--epochs 3] [--lastfm] [--accuracy]
-                         [--accuracy-l-w 1e-6 ...] [--accuracy-reg-forms norm] [--no-speed]
+    mmlib bench training [--models BPRMF LightGCN ...] [--epochs 3] [--lastfm] [--no-speed]
 
 Writes `<out>/training.csv` (model, sec_per_epoch, eval_sec, setup_sec, peak_mem_mb, ...) and
 `<out>/knn_graph.csv` (items, dim, k, sec, peak_mem_mb). The shipped Baby set has no features
@@ -21,14 +20,9 @@ gain on Recall@20, binary nDCG), capped at `--lastfm-epochs` (100); the epoch is
 validation only and test is evaluated once. Writes `<out>/lastfm_results.csv` and `.md`. It is a
 like-for-like table of the zoo on real content, not a tuned leaderboard: no grid is searched.
 
-`--accuracy` also trains BPRMF and LightGCN (3 layers) to convergence under the `mmrec` protocol
-(early stopping after 20 validations without gain on validation Recall@20, lr 1e-3, the
-regularisation grid of params/models/<Model>.yaml, selection on validation only) and writes
-`<out>/accuracy.csv` (model, regulariser, metric, ours, published) beside MMRec's published
-numbers, once with our squared L2 and once with MMRec's EmbLoss (see `accuracy`). Both grids take
-hours on a 2-core CPU (LightGCN ~15 min per grid point on one thread); every finished point is
-checkpointed, and `--accuracy-l-w` / `--accuracy-reg-forms` split the work over processes. Not
-part of CI.
+Accuracy against published numbers is not a benchmark: it is the reproduction suite
+(`mmlib batch params/reproduction.yaml`; BPRMF and LightGCN on this split are its `mmrec_baby`
+experiment, and `mmrec_regulariser` trains BPRMF with the other regulariser form).
 """
 
 from __future__ import annotations
@@ -46,7 +40,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from mmlib.errors import MmlibError
 from mmlib.storage import to_csv_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -55,19 +48,6 @@ BABY = "amazon2014_baby_mmrec"
 FEATURE_DIMS = {"visual": 4096, "textual": 384}
 
 
-def published_baby() -> dict[tuple[str, str], float]:
-    """MMRec's published Baby results (anchors-and-models.md §2.1), test @20, from the one place
-    that holds published numbers: params/published.yaml (experiment mmrec_baby)."""
-    from mmlib.config import load_yaml
-    from mmlib.resources import params_dir
-
-    numbers = load_yaml(params_dir() / "published.yaml")["numbers"]
-    return {(n["model"], n["metric"]): float(n["value"]) for n in numbers
-            if n.get("experiment") == "mmrec_baby" and n["dataset"] == "mmrec_baby"
-            and n["metric"] in ("Recall@20", "nDCG@20")}
-
-
-ACCURACY_MODELS = ("BPRMF", "LightGCN")
 KNN_SIZES = (7_050, 30_000, 100_000)
 LASTFM = "hetrec_lastfm2k_mm"
 LASTFM_FEATURES = {"all-MiniLM-L6-v2.npy": "textual", "whisper.npy": "audio"}
@@ -253,71 +233,11 @@ def _cell(args: list[str]) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-# Both regularisers are searched over the same grid numbers (MMRec's reg_weight values):
-# "squared" is ours and the papers' (l_w * 0.5 |E|^2 / batch); "norm" is MMRec's EmbLoss
-# (reg_weight * |E|_F / batch), whose gradient on a row is reg_weight * e / (|E|_F * batch), so the
-# same number regularises |E|_F times less (|E|_F of a 2,048-row batch: ~4 at initialisation, tens
-# once trained), and it does not fade as embeddings shrink. Training both shows what that does.
-REG_FORMS = ("squared", "norm")
-
-
-def accuracy(out: Path, threads: int, models=ACCURACY_MODELS, l_w: list[float] | None = None,
-             reg_forms=REG_FORMS) -> pd.DataFrame:
-    """BPRMF / LightGCN (3 layers) to convergence under the mmrec protocol on Baby, beside MMRec's
-    published test numbers, once per regulariser form (selection on validation within each);
-    each model's rows are written as soon as it finishes.
-
-    Every trained grid point is checkpointed under `out/accuracy_trials/`, so a run can be
-    interrupted, or split over processes (`l_w`, `reg_forms` restrict what one process trains), and
-    a last run over the whole grid assembles the table without retraining (a 3-layer LightGCN
-    trains ~15-20 min per grid point on one CPU thread)."""
-    import torch
-
-    from mmlib.data import Dataset
-    from mmlib.models.base import TrainData
-    from mmlib.study import expand_grid, load_model_grid
-    from mmlib.train import TrialCheckpoints, protocol_spec, train_and_select
-
-    torch.set_num_threads(threads)
-    dataset = Dataset.load(out / "datasets" / "baby")
-    data = TrainData(dataset.n_users, dataset.n_items, dataset.matrix("train"))
-    test = dataset.matrix("test")
-    checkpoints = TrialCheckpoints(out / "accuracy_trials", dataset.manifest["hash"])
-    spec = protocol_spec("mmrec", cutoffs=[20], eval_chunk=4096)
-    rows, published = [], published_baby()
-    for model in models:
-        grid = expand_grid({**load_model_grid(model, "mmrec"), "lr": 0.001})
-        if model == "LightGCN":
-            grid = [dict(p) for p in {tuple(sorted({**p, "n_layers": 3}.items())) for p in grid}]
-            grid.sort(key=lambda p: p["l_w"])
-        if l_w:
-            grid = [p for p in grid if p["l_w"] in l_w]
-            if not grid:
-                raise MmlibError(f"bench accuracy: none of l_w {l_w} is in {model}'s mmrec grid.")
-        for form in reg_forms:
-            points = [{**p, "reg_form": form} for p in grid]
-            run = train_and_select(model, points, spec, data, dataset.matrix("val"), test,
-                                   checkpoints=checkpoints)
-            trial, evaluation = run.best, run.test.mean()
-            for metric in ("Recall@20", "nDCG@20"):
-                rows.append({"model": model, "regulariser": form, "metric": metric,
-                             "ours": round(evaluation[metric], 4), "published": published[(model, metric)],
-                             "selected": json.dumps(trial.config), "best_epoch": trial.best_epoch,
-                             "val_Recall@20": round(trial.best_score, 4), "configurations": len(points),
-                             "train_sec": round(sum(t.seconds for t in run.trials), 1)})
-            trials = [{"l_w": t.config.get("l_w"), "val": round(t.best_score, 4), "best_epoch": t.best_epoch}
-                      for t in run.trials]
-            log.info("%s (%s regulariser) trials: %s", model, form, trials)
-            frame = _upsert(out / "accuracy.csv", rows, "model")
-    return frame
-
-
 def run(out: Path = Path("outputs/benchmarks"), models: list[str] | None = None, epochs: int = 3,
-        threads: int = 2, knn_sizes=KNN_SIZES, with_accuracy: bool = False,
-        lastfm_epochs: int | None = None, speed: bool = True,
-        accuracy_l_w: list[float] | None = None, accuracy_reg_forms=REG_FORMS) -> pd.DataFrame:
+        threads: int = 2, knn_sizes=KNN_SIZES, lastfm_epochs: int | None = None,
+        speed: bool = True) -> pd.DataFrame:
     """The speed and kNN tables (unless `speed` is False); with `lastfm_epochs`, also the Last.fm
-    results table; with `with_accuracy`, the accuracy table. Returns the speed table."""
+    results table. Returns the speed table."""
     from mmlib.registry import MODELS
 
     out = Path(out)
@@ -339,9 +259,6 @@ def run(out: Path = Path("outputs/benchmarks"), models: list[str] | None = None,
         log.info("%s", row)
         knn_rows.append(row)
         _upsert(out / "knn_graph.csv", knn_rows, "items")
-    if with_accuracy:
-        accuracy(out, threads, [m for m in ACCURACY_MODELS if m in models] or ACCURACY_MODELS, accuracy_l_w,
-                 accuracy_reg_forms)
     return pd.DataFrame(rows)
 
 
@@ -352,15 +269,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=3, help="epochs timed per model (first is warm-up)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--knn-sizes", type=int, nargs="*", default=list(KNN_SIZES))
-    parser.add_argument("--accuracy", action="store_true", help="also train BPRMF/LightGCN to convergence")
-    parser.add_argument("--accuracy-l-w", type=float, nargs="+", default=None,
-                        help="restrict the --accuracy grid to these l_w values (default: the whole grid)")
-    parser.add_argument("--accuracy-reg-forms", nargs="+", choices=REG_FORMS, default=list(REG_FORMS),
-                        help="the regulariser forms --accuracy trains (default: both)")
     parser.add_argument("--lastfm", action="store_true", help="also the results table on real Last.fm features")
     parser.add_argument("--lastfm-epochs", type=int, default=100, help="epoch cap of the --lastfm runs")
     parser.add_argument("--no-speed", action="store_true",
-                        help="skip the speed and kNN tables (to run only --lastfm / --accuracy)")
+                        help="skip the speed and kNN tables (to run only --lastfm)")
     parser.add_argument("--cell", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.cell:
@@ -377,9 +289,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(row))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    frame = run(args.out_dir, args.models, args.epochs, args.threads, args.knn_sizes, args.accuracy,
-                args.lastfm_epochs if args.lastfm else None, speed=not args.no_speed,
-                accuracy_l_w=args.accuracy_l_w, accuracy_reg_forms=args.accuracy_reg_forms)
+    frame = run(args.out_dir, args.models, args.epochs, args.threads, args.knn_sizes,
+                args.lastfm_epochs if args.lastfm else None, speed=not args.no_speed)
     if not frame.empty:
         print(frame.to_string(index=False))
     return 0
