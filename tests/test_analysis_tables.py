@@ -34,10 +34,6 @@ FIGURES = ["relative_improvement", "extraction_time", "average_rank", "validatio
            "results_overview_shopA", "results_overview_shopB"]
 
 
-def shop(seed: int, users: int) -> dict:
-    return synthetic_shop(seed, users)
-
-
 def write_study(folder: Path, outputs: Path, **changes) -> Path:
     hist = {**TINY_SETTINGS["hist"], "batch_sizes": [8, 32]}  # timed at two batch sizes
     study = tiny_study(outputs, extractors={**TINY_SETTINGS, "hist": hist}, seeds=[1, 2])
@@ -204,7 +200,7 @@ def test_a_partly_finished_study_is_analysed_and_says_what_is_missing(trained, t
     study, _, _ = trained
     outputs = tmp_path / "outputs"
     shutil.copytree(study.output_root, outputs, ignore=shutil.ignore_patterns("tables", "figures", "index.md"))
-    datasets = {"shopA": shop(1, 120), "shopB": shop(2, 100), "shopC": shop(3, 80)}  # shopC: not prepared
+    datasets = {"shopA": synthetic_shop(1, 120), "shopB": synthetic_shop(2, 100), "shopC": synthetic_shop(3, 80)}  # shopC: not prepared
     partial = load_study(write_study(tmp_path, outputs, datasets=datasets))
     shutil.rmtree(pipeline.selection_dir(partial, "VBPR", "tfidf", "shopB", 2))
     shutil.rmtree(pipeline.selection_dir(partial, "BPRMF", None, "shopA", 1))

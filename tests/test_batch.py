@@ -21,11 +21,6 @@ from mmlib.testing.builders import TINY_SETTINGS, synthetic_shop, tiny_study
 from mmlib.testing.builders import write_study as write_tiny_study
 
 REPO = Path(__file__).resolve().parent.parent
-SETTINGS = TINY_SETTINGS
-
-
-def shop(seed: int, users: int = 120) -> dict:
-    return synthetic_shop(seed, users)
 
 
 def write_study(folder: Path, **changes) -> Path:
@@ -95,7 +90,7 @@ def test_only_filters_runs_and_an_unknown_key_is_an_error(tmp_path):
 
 def test_extraction_batch_sizes_are_units_compared_with_the_first(tmp_path):
     settings = {"hist": {"visual": {"extractor": "color_histogram", "bins": 2}, "batch_sizes": [4, 64]}}
-    study = load_study(write_study(tmp_path, extractors=settings, datasets={"shopA": shop(1)},
+    study = load_study(write_study(tmp_path, extractors=settings, datasets={"shopA": synthetic_shop(1, 120)},
                                    models={"VBPR": {"lr": 0.01}}))
     assert [(u.key, u.batch_size) for u in study.extraction_units()] == [("hist", 4), ("hist-bs64", 64)]
     assert study.settings_for("VBPR") == ["hist"]  # train_on: first (the paper's count)
@@ -126,7 +121,7 @@ def test_a_failing_model_is_isolated_named_and_the_exit_code_is_non_zero(tmp_pat
         return real_fit(model_cls, *args, **kwargs)
 
     monkeypatch.setattr(trainer, "fit", bprmf_breaks)
-    path = write_study(tmp_path, datasets={"shopA": shop(1)}, extractors={"hist": SETTINGS["hist"]})
+    path = write_study(tmp_path, datasets={"shopA": synthetic_shop(1, 120)}, extractors={"hist": TINY_SETTINGS["hist"]})
     code = cli.main(["batch", str(path), "--no-progress"])
     out = capsys.readouterr().out
     assert code == 1
@@ -144,7 +139,7 @@ def test_a_failing_model_is_isolated_named_and_the_exit_code_is_non_zero(tmp_pat
 
 @pytest.mark.slow
 def test_sigterm_mid_batch_then_resume_trains_every_run_exactly_once(tmp_path):
-    path = write_study(tmp_path, datasets={"shopA": shop(1, 200)}, extractors={},
+    path = write_study(tmp_path, datasets={"shopA": synthetic_shop(1, 200)}, extractors={},
                        models={"BPRMF": {"lr": [0.05, 0.02, 0.01, 0.005, 0.002, 0.001], "l_w": 1.0e-5}},
                        train={"threads": 1, "epochs": 20, "eval_every": 5})
     root = tmp_path / "outputs"
@@ -167,7 +162,7 @@ def test_sigterm_mid_batch_then_resume_trains_every_run_exactly_once(tmp_path):
     assert len(after) == 6
     assert all(after[p] == mtime for p, mtime in before.items())  # finished runs were not retrained
     # ... and the numbers are those of a batch that was never interrupted
-    clean = write_study(tmp_path / "clean", datasets={"shopA": shop(1, 200)}, extractors={},
+    clean = write_study(tmp_path / "clean", datasets={"shopA": synthetic_shop(1, 200)}, extractors={},
                         models={"BPRMF": {"lr": [0.05, 0.02, 0.01, 0.005, 0.002, 0.001], "l_w": 1.0e-5}},
                         train={"threads": 1, "epochs": 20, "eval_every": 5})
     study = load_study(clean)
@@ -282,7 +277,7 @@ def test_a_non_editable_install_runs_a_study_from_another_directory(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q",
                     str(wheel)], check=True, capture_output=True, timeout=300)
     elsewhere = tmp_path / "elsewhere"
-    path = write_study(elsewhere, datasets={"shopA": shop(1)}, extractors={},
+    path = write_study(elsewhere, datasets={"shopA": synthetic_shop(1, 120)}, extractors={},
                        models={"MostPop": {}, "ItemKNN": {}})  # ItemKNN: its real grid, k in [10, 50, 100]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}
     where = subprocess.check_output([str(python), "-c", "import mmlib, mmlib.resources as r; "
@@ -301,7 +296,7 @@ def test_a_non_editable_install_runs_a_study_from_another_directory(tmp_path):
 def test_a_damaged_run_record_is_retrained_alone(tmp_path, monkeypatch):
     from mmlib import train as trainer
 
-    path = write_study(tmp_path, datasets={"shopA": shop(1)}, extractors={},
+    path = write_study(tmp_path, datasets={"shopA": synthetic_shop(1, 120)}, extractors={},
                        models={"BPRMF": {"lr": [0.01, 0.05], "l_w": 1.0e-5}})
     study = load_study(path)
     pipeline.prepare(study)
